@@ -105,19 +105,19 @@ def is_prime(n: int) -> bool:
     return n >= 2 and all(n % d for d in range(2, int(n**0.5) + 1))
 
 
-def check_task(name: str, p: int) -> None:
+def check_task(name: str, p: int | None) -> None:
     """Raise ValueError naming the field when `name` or `p` is not allowed."""
     if name not in TASK_NAMES:
         raise ValueError(f"task: unknown task {name!r}; allowed: {', '.join(TASK_NAMES)}")
     if name in S5_OPS:
         return
-    if p < 2:
+    if p is None or p < 2:
         raise ValueError(f"p: modulus must be an integer ≥ 2, got {p}")
     if name in DIVISION_TASKS and not is_prime(p):
         raise ValueError(f"p: task {name!r} divides modulo p, so p must be prime, got {p}")
 
 
-def make_dataset(name: str, p: int = 97) -> Dataset:
+def make_dataset(name: str, p: int | None = 97) -> Dataset:
     """All examples of task `name` (one of TASK_NAMES); `p` is ignored by the S5 tasks."""
     check_task(name, p)
     if name in S5_OPS:

@@ -1,0 +1,136 @@
+"""The on-disk contract of one run. The trainer writes through `RunDir`, the analysis reads
+through it: the format lives here and nowhere else.
+
+    <run>/
+      summary.json            task, p, seeds, events, final metrics, status, config, version
+      metrics.parquet         one tidy row per evaluation (METRIC_COLUMNS)
+      matrix_lar.parquet      one row per evaluation × probed matrix (MATRIX_COLUMNS)
+      checkpoints/
+        memorization.pt       {"model": state_dict, "epoch": int}
+        grokking.pt           same, when the run grokked
+        final.pt              same, at the last epoch trained
+        last.pt               everything needed to resume (see training.py)
+
+Every write goes to a temporary file in the same folder and is renamed over the target, so a
+kill at any instant leaves each file either old or new, never half written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+SUMMARY = "summary.json"
+METRICS = "metrics.parquet"
+MATRIX_LAR = "matrix_lar.parquet"
+CHECKPOINT_KINDS = ("memorization", "grokking", "final")
+
+# Statuses a run can have in summary.json.
+RUNNING, COMPLETED, FAILED, INTERRUPTED = "running", "completed", "failed", "interrupted"
+
+METRIC_COLUMNS = [
+    "epoch",
+    "step",
+    "wall_s",
+    "lr",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    # the unembedding, over the whole training set (lar.summary_from_spectra)
+    "lar",
+    "k_lar",
+    "p1q1",
+    "residual",
+    "p_norm2",
+    "q_norm2",
+    "renyi2_p",
+    "renyi2_q",
+    "rho",
+    "stable_rank",
+    "effective_rank",
+]
+MATRIX_COLUMNS = ["epoch", "step", "name", "layer", "role", "lar"]
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call `write(tmp)` on a temporary path beside `path`, then rename it over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class RunDir:
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.path / "checkpoints"
+
+    def checkpoint_path(self, name: str) -> Path:
+        return self.checkpoint_dir / f"{name}.pt"
+
+    # --- summary -------------------------------------------------------------------------
+    def exists(self) -> bool:
+        return (self.path / SUMMARY).is_file()
+
+    def read_summary(self) -> dict[str, Any]:
+        return json.loads((self.path / SUMMARY).read_text())
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        text = json.dumps(summary, indent=2, default=str) + "\n"
+        atomic_write(self.path / SUMMARY, lambda tmp: tmp.write_text(text))
+
+    def status(self) -> str | None:
+        return self.read_summary().get("status") if self.exists() else None
+
+    # --- tables --------------------------------------------------------------------------
+    def write_metrics(self, rows: list[dict]) -> None:
+        self._write_table(METRICS, pd.DataFrame(rows, columns=METRIC_COLUMNS))
+
+    def write_matrix_lar(self, rows: list[dict]) -> None:
+        self._write_table(MATRIX_LAR, pd.DataFrame(rows, columns=MATRIX_COLUMNS))
+
+    def read_metrics(self) -> pd.DataFrame:
+        return pd.read_parquet(self.path / METRICS)
+
+    def read_matrix_lar(self) -> pd.DataFrame:
+        return pd.read_parquet(self.path / MATRIX_LAR)
+
+    def _write_table(self, name: str, frame: pd.DataFrame) -> None:
+        atomic_write(self.path / name, lambda tmp: frame.to_parquet(tmp, index=False))
+
+    # --- checkpoints ---------------------------------------------------------------------
+    def save_checkpoint(self, name: str, state: dict[str, Any]) -> None:
+        atomic_write(self.checkpoint_path(name), lambda tmp: torch.save(state, tmp))
+
+    def has_checkpoint(self, name: str) -> bool:
+        return self.checkpoint_path(name).is_file()
+
+    def load_checkpoint(self, name: str, map_location: str | torch.device = "cpu") -> dict:
+        # weights_only=False: last.pt holds RNG states and plain Python objects we wrote ourselves
+        return torch.load(self.checkpoint_path(name), map_location=map_location, weights_only=False)
+
+
+def find_runs(*roots: str | os.PathLike) -> Iterator[RunDir]:
+    """Every run (a folder holding summary.json) under `roots`, at any depth, in sorted order."""
+    for root in roots:
+        for summary in sorted(Path(root).rglob(SUMMARY)):
+            yield RunDir(summary.parent)

@@ -1,0 +1,287 @@
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import torch
+from conftest import TINY_OVERRIDES, run_cli, tiny_config
+
+from grokking.config import ConfigError, config_differences, to_dict
+from grokking.lar import lar
+from grokking.model import Transformer
+from grokking.rundir import MATRIX_COLUMNS, METRIC_COLUMNS, RunDir
+from grokking.tasks import make_dataset, split
+from grokking.training import Events, stop_reason, train
+
+
+def events_of(sequence, **fields):
+    """Feed (epoch, train_acc, val_acc) evaluations to Events; return it and what fired when."""
+    cfg, events, fired = tiny_config(**fields), Events(), []
+    for epoch, train_acc, val_acc in sequence:
+        fired += [(kind, epoch) for kind in events.update(epoch, train_acc, val_acc, cfg)]
+    return events, fired
+
+
+def test_events_memorization_then_grokking():
+    events, fired = events_of(
+        [(0, 0.1, 0.0), (20, 0.98, 0.1), (40, 0.995, 0.2), (60, 1.0, 0.5), (80, 1.0, 0.991)]
+        + [(100, 1.0, 0.995), (120, 0.5, 0.2), (140, 1.0, 0.3)]
+    )
+    assert (events.memorization_epoch, events.grokking_epoch) == (40, 80)
+    assert fired == [("memorization", 40), ("grokking", 80)]  # each fires once, in order
+
+
+def test_events_grokking_at_once_has_no_memorization():
+    events, fired = events_of([(0, 0.1, 0.1), (20, 1.0, 1.0), (40, 1.0, 0.5)])
+    assert (events.memorization_epoch, events.grokking_epoch) == (None, 20)
+    assert fired == [("grokking", 20)]
+
+
+def test_events_follow_the_configured_thresholds():
+    events, _ = events_of(
+        [(20, 0.9, 0.1), (40, 0.9, 0.8)], memorization_threshold=0.9, grokking_threshold=0.8
+    )
+    assert (events.memorization_epoch, events.grokking_epoch) == (20, 40)
+
+
+def test_stop_rule_three_times_grokking_or_budget():
+    cfg = tiny_config(max_epochs=1000, stop_factor=3.0)
+    grokked = Events(memorization_epoch=20, grokking_epoch=100)
+    assert stop_reason(280, grokked, cfg) is None
+    assert stop_reason(300, grokked, cfg) == "reached 3 x the grokking epoch"
+    assert stop_reason(980, Events(), cfg) is None
+    assert stop_reason(1000, Events(), cfg) == "reached max_epochs"
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run")
+    summary = train(tiny_config(max_epochs=120, eval_every=10), run_dir)
+    return RunDir(run_dir), summary
+
+
+def test_short_run_writes_every_documented_file(short_run):
+    run, summary = short_run
+    metrics = run.read_metrics()
+    assert list(metrics.columns) == METRIC_COLUMNS
+    assert metrics["epoch"].tolist() == list(range(0, 121, 10))
+    assert metrics["step"].tolist() == [4 * e for e in range(0, 121, 10)]  # 61 rows / 16
+    matrices = run.read_matrix_lar()
+    assert list(matrices.columns) == MATRIX_COLUMNS
+    assert len(matrices) == 13 * len(metrics)
+    assert set(matrices["role"]) == {"q", "k", "v", "o", "fc_in", "fc_out", "unembed"}
+    for kind in ("memorization", "final", "last"):
+        assert run.has_checkpoint(kind)
+    assert not run.has_checkpoint("grokking")  # p = 11 at this size memorizes only
+    on_disk = json.loads((run.path / "summary.json").read_text())
+    assert on_disk == json.loads(json.dumps(summary))
+    assert summary["status"] == "completed"
+    assert summary["final_epoch"] == 120 and summary["grokking_epoch"] is None
+    assert (summary["task"], summary["p"], summary["n_train"], summary["n_val"]) == (
+        "add",
+        11,
+        60,
+        61,
+    )
+    assert summary["config"] == to_dict(tiny_config(max_epochs=120, eval_every=10))
+    assert run.load_checkpoint("memorization")["epoch"] == summary["memorization_epoch"]
+
+
+def test_tiny_addition_run_reaches_full_train_accuracy(short_run):
+    run, summary = short_run
+    assert summary["final"]["train_acc"] == 1.0
+    memorized = run.read_metrics().query("epoch == @summary['memorization_epoch']")
+    assert memorized["train_acc"].item() >= 0.99
+
+
+def test_lar_starts_near_one_half_and_rises(short_run):
+    metrics = short_run[0].read_metrics()
+    assert 0.4 < metrics["lar"].iloc[0] < 0.6
+    assert metrics["lar"].iloc[-1] > 0.6
+
+
+def test_recorded_lar_equals_lar_recomputed_from_checkpoint(short_run):
+    run, summary = short_run
+    cfg = tiny_config(max_epochs=120, eval_every=10)
+    data = make_dataset("add", 11)
+    train_idx, _ = split(data, cfg.train_fraction, cfg.split_seed)
+    model = Transformer(data.vocab_size, data.n_classes, cfg.model)
+    model.load_state_dict(run.load_checkpoint("final")["model"])
+    inputs = {}
+
+    def keep_input(name):
+        def hook(module, args, output):
+            inputs[name] = args[0]
+
+        return hook
+
+    hooks = [
+        module.register_forward_hook(keep_input(name))
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear)
+    ]
+    with torch.no_grad():
+        model(data.inputs[train_idx])
+    for hook in hooks:
+        hook.remove()
+    final_metrics = run.read_metrics().iloc[-1]
+    assert final_metrics["lar"] == pytest.approx(
+        lar(model.unembed.weight, inputs["unembed"]), abs=1e-6
+    )
+    per_matrix = run.read_matrix_lar().query("epoch == 120").set_index("name")["lar"]
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            assert per_matrix[name] == pytest.approx(lar(module.weight, inputs[name]), abs=1e-6)
+
+
+def test_nan_loss_marks_the_run_failed(tmp_path):
+    from grokking.training import RunFailed
+
+    with pytest.raises(RunFailed, match=r"loss is (nan|inf) at epoch (\d+)") as error:
+        train(tiny_config(optim__lr=1e30), tmp_path)  # parameters blow up at once
+    summary = RunDir(tmp_path).read_summary()
+    assert summary["status"] == "failed" and summary["failure"] == str(error.value)
+    assert summary["final_epoch"] <= 2
+    assert RunDir(tmp_path).read_metrics()["epoch"].tolist() == [0]  # what was written is kept
+
+
+def test_a_run_with_another_config_is_refused_untouched(short_run):
+    run, _ = short_run
+    before = (run.path / "summary.json").read_text()
+    with pytest.raises(ConfigError, match=r"another config \(seed: 0 -> 1; split_seed: 0 -> 1\)"):
+        train(tiny_config(max_epochs=120, eval_every=10, seed=1), run.path)
+    assert (run.path / "summary.json").read_text() == before
+
+
+def test_runtime_fields_do_not_count_as_config_changes():
+    a, b = to_dict(tiny_config()), to_dict(tiny_config(threads=2, device="cpu"))
+    assert config_differences(a, b) == []
+
+
+# --- the command line -------------------------------------------------------------------------
+
+
+def same_metrics(a: RunDir, b: RunDir):
+    ma, mb = a.read_metrics().drop(columns="wall_s"), b.read_metrics().drop(columns="wall_s")
+    pd.testing.assert_frame_equal(ma, mb, check_exact=True)
+    pd.testing.assert_frame_equal(a.read_matrix_lar(), b.read_matrix_lar(), check_exact=True)
+
+
+def wait_for_epoch(run: RunDir, epoch: int, process, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (
+            run.exists()
+            and run.read_summary()["final_epoch"] >= epoch
+            and run.has_checkpoint("last")
+        ):
+            return
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.05)
+    raise TimeoutError(f"{run} did not reach epoch {epoch}")
+
+
+LONG = [*TINY_OVERRIDES, "max_epochs=150"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("uninterrupted")
+    run_cli(*LONG, "hydra.run.dir=run", cwd=cwd, check=True)
+    return RunDir(cwd / "run")
+
+
+def start(cwd):
+    return subprocess.Popen(
+        [sys.executable, "-m", "grokking.train", *LONG, "hydra.run.dir=run"],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_equals_uninterrupted(tmp_path, uninterrupted):
+    process = start(tmp_path)
+    run = RunDir(tmp_path / "run")
+    wait_for_epoch(run, 30, process)
+    process.kill()
+    process.wait()
+    assert run.status() == "running" and run.read_summary()["final_epoch"] < 150
+    resumed = run_cli(*LONG, "hydra.run.dir=run", cwd=tmp_path, check=True)
+    assert "resuming" in resumed.stdout + resumed.stderr
+    assert run.status() == "completed"
+    same_metrics(run, uninterrupted)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR2])
+def test_stop_signal_saves_and_exits_then_resumes(tmp_path, uninterrupted, signum):
+    process = start(tmp_path)
+    run = RunDir(tmp_path / "run")
+    wait_for_epoch(run, 20, process)
+    process.send_signal(signum)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + signum, stderr
+    assert "saved last.pt; rerun the same command to resume" in stdout + stderr
+    stopped = run.read_summary()
+    assert stopped["status"] == "interrupted"
+    assert run.load_checkpoint("last")["epoch"] == stopped["final_epoch"] < 150
+    run_cli(*LONG, "hydra.run.dir=run", cwd=tmp_path, check=True)
+    same_metrics(run, uninterrupted)
+
+
+def test_rerunning_a_completed_run_does_nothing_and_says_so(uninterrupted):
+    cwd = uninterrupted.path.parent
+    before = {p: p.stat().st_mtime_ns for p in uninterrupted.path.rglob("*") if p.is_file()}
+    before.pop(uninterrupted.path / "train.log")
+    result = run_cli(*LONG, "hydra.run.dir=run", cwd=cwd, check=True)
+    assert "already completed at epoch 150; nothing to do" in result.stdout + result.stderr
+    after = {p: p.stat().st_mtime_ns for p in uninterrupted.path.rglob("*") if p.is_file()}
+    assert {p: after[p] for p in before if not p.name.endswith(".yaml")} == {
+        p: t for p, t in before.items() if not p.name.endswith(".yaml")
+    }
+
+
+def test_default_run_directory_is_named_by_the_overrides(tmp_path):
+    run_cli(*TINY_OVERRIDES, "max_epochs=5", "seed=2", cwd=tmp_path, check=True)
+    (run_dir,) = (tmp_path / "outputs" / "runs").iterdir()
+    assert "seed=2" in run_dir.name and "threads" not in run_dir.name
+    assert RunDir(run_dir).read_summary()["seed"] == 2
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train_fraction=1.5", "error: train_fraction: must lie in (0, 1), got 1.5"),
+        ("train_fraction=0", "error: train_fraction: must lie in (0, 1), got 0"),
+        ("batch_size=0", "error: batch_size: must be an integer ≥ 1, got 0"),
+        ("eval_every=0", "error: eval_every: must be an integer ≥ 1, got 0"),
+        ("task=div task.p=12", "error: task.p: task 'div' divides modulo p, so p must be prime"),
+        ("+foo=1", "error: foo: not a config key"),
+        ("task=mul", "Could not find 'task/mul'"),
+        ("bogus=1", "Could not override 'bogus'."),
+        ("lar_layers=some", "Invalid value 'some', expected one of [unembed, all]"),
+    ],
+)
+def test_bad_config_fails_before_training_with_a_clear_message(tmp_path, override, message):
+    result = run_cli(*TINY_OVERRIDES, *override.split(), cwd=tmp_path)
+    assert result.returncode != 0
+    assert message in result.stderr + result.stdout
+    runs = tmp_path / "outputs" / "runs"
+    assert not runs.exists() or not any(runs.rglob("summary.json"))
+    if override.startswith(("train_fraction", "batch_size", "eval_every", "+foo", "task=div")):
+        assert result.returncode == 2 and not runs.exists()  # refused before Hydra wrote anything
+
+
+def test_refused_command_leaves_an_existing_run_untouched(uninterrupted):
+    cwd = uninterrupted.path.parent
+    files = {p: p.read_bytes() for p in uninterrupted.path.rglob("*") if p.is_file()}
+    result = run_cli(*LONG, "hydra.run.dir=run", "seed=5", cwd=cwd)
+    assert result.returncode == 2
+    assert "holds a run with another config (seed: 0 -> 5; split_seed: 0 -> 5)" in result.stderr
+    assert {p: p.read_bytes() for p in uninterrupted.path.rglob("*") if p.is_file()} == files
