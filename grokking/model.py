@@ -1,11 +1,12 @@
 """The 2-layer decoder-only transformer of the grokking experiments.
 
-Every dense map is its own `nn.Linear` (query, key, value and output projections of each attention
-layer, both MLP matrices, and the unembedding), so a `LARProbe` can attach to any of them.
+Every dense map is its own bias-free `nn.Linear` (query, key, value and output projections of each
+attention layer, both MLP matrices, and the unembedding), so a `LARProbe` can attach to any of
+them and its output is exactly y = W x of Eq. 1 (the LayerNorms keep their biases).
 
-Initialisation is PyTorch's default for each part: `nn.Linear` weights and biases are
-Kaiming-uniform (bound 1/sqrt(fan_in)), `nn.Embedding` rows are N(0, 1), LayerNorm starts at
-weight 1 and bias 0. With these, LAR of every matrix is ≈ 0.5 at initialisation.
+Initialisation is PyTorch's default for each part: `nn.Linear` weights are Kaiming-uniform
+(bound 1/sqrt(fan_in)), `nn.Embedding` rows are N(0, 1), LayerNorm starts at weight 1, bias 0.
+With these, LAR of every matrix is ≈ 0.5 at initialisation.
 """
 
 from __future__ import annotations
@@ -33,10 +34,10 @@ class Attention(nn.Module):
         if d_model % n_heads:
             raise ValueError(f"model.n_heads: {n_heads} must divide model.d_model={d_model}")
         self.n_heads = n_heads
-        self.q = nn.Linear(d_model, d_model)
-        self.k = nn.Linear(d_model, d_model)
-        self.v = nn.Linear(d_model, d_model)
-        self.o = nn.Linear(d_model, d_model)
+        self.q = nn.Linear(d_model, d_model, bias=False)
+        self.k = nn.Linear(d_model, d_model, bias=False)
+        self.v = nn.Linear(d_model, d_model, bias=False)
+        self.o = nn.Linear(d_model, d_model, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, seq, d_model = x.shape
@@ -53,11 +54,11 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, d_model: int, d_ff: int):
         super().__init__()
-        self.fc_in = nn.Linear(d_model, d_ff)
-        self.fc_out = nn.Linear(d_ff, d_model)
+        self.fc_in = nn.Linear(d_model, d_ff, bias=False)
+        self.fc_out = nn.Linear(d_ff, d_model, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc_out(F.gelu(self.fc_in(x)))
+        return self.fc_out(F.relu(self.fc_in(x)))  # ReLU, as in Power et al.'s code
 
 
 class Block(nn.Module):

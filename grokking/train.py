@@ -36,6 +36,18 @@ def to_train_config(cfg: DictConfig) -> TrainConfig:
         raise ConfigError(f"{error.full_key}: not a config key (see conf/config.yaml)") from None
 
 
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def load_config(overrides: list[str] = ()) -> TrainConfig:
+    """The TrainConfig that `python -m grokking.train *overrides` would run, for notebooks,
+    benchmarks and tests; checked by `validate`."""
+    with hydra.initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = to_train_config(hydra.compose("config", list(overrides)))
+    validate(cfg)
+    return cfg
+
+
 def refuse(message: str, code: int = 2):
     print(f"error: {message}", file=sys.stderr)
     sys.exit(code)
