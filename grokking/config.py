@@ -50,6 +50,7 @@ class TrainConfig:
     lar_layers: LarLayers = LarLayers.all
     device: str = "auto"  # auto: cuda when available, else cpu
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    sweep_name: Optional[str] = None  # noqa: UP045 — the sweep file that made this run
 
     def __post_init__(self):
         if self.split_seed is None:

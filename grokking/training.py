@@ -325,6 +325,7 @@ class Trainer:
             "seed": cfg.seed,
             "split_seed": cfg.split_seed,
             "batch_size": cfg.batch_size,
+            "sweep_name": cfg.sweep_name,
             "n_train": len(self.train_y),
             "n_val": len(self.val_y),
             "memorization_epoch": state.events.memorization_epoch,

@@ -63,3 +63,25 @@ def run_cli(*args, cwd, module="grokking.train", timeout=300, check=False):
 @pytest.fixture
 def tiny_overrides():
     return list(TINY_OVERRIDES)
+
+
+def completed_summaries(sweep_dir: Path) -> dict[str, dict]:
+    """{run folder name: summary} of every run under a sweep folder."""
+    import json
+
+    return {p.parent.name: json.loads(p.read_text()) for p in sweep_dir.rglob("summary.json")}
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """A real single-node SLURM on localhost, started by the project's own script."""
+    if os.geteuid() != 0 and not os.environ.get("CI"):
+        pytest.skip("starting the local SLURM cluster needs root")
+    result = subprocess.run(
+        ["bash", str(REPO / "scripts" / "local-slurm.sh"), "start"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, f"local SLURM did not start:\n{result.stdout}\n{result.stderr}"
+    return REPO / "scripts" / "local-slurm.sh"
