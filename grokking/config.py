@@ -113,6 +113,16 @@ def to_dict(cfg: TrainConfig) -> dict:
     return asdict(cfg, dict_factory=lambda items: {k: _plain(v) for k, v in items})
 
 
+def from_dict(stored: dict) -> TrainConfig:
+    """The TrainConfig of `to_dict`'s output (as stored in summary.json)."""
+    fields = dict(stored)
+    fields["task"] = TaskConfig(**stored["task"])
+    fields["model"] = ModelConfig(**stored["model"])
+    fields["optim"] = OptimConfig(**stored["optim"])
+    fields["lar_layers"] = LarLayers(stored["lar_layers"])
+    return TrainConfig(**fields)
+
+
 def _plain(value):
     return value.value if isinstance(value, enum.Enum) else value
 

@@ -5,6 +5,7 @@ through it: the format lives here and nowhere else.
       summary.json            task, p, seeds, events, final metrics, status, config, version
       metrics.parquet         one tidy row per evaluation (METRIC_COLUMNS)
       matrix_lar.parquet      one row per evaluation × probed matrix (MATRIX_COLUMNS)
+      checkpoint_measures.parquet   the analysis' cache: PC95, LAR, p, q per checkpoint
       checkpoints/
         memorization.pt       {"model": state_dict, "epoch": int}
         grokking.pt           same, when the run grokked
@@ -30,6 +31,7 @@ import torch
 SUMMARY = "summary.json"
 METRICS = "metrics.parquet"
 MATRIX_LAR = "matrix_lar.parquet"
+MEASURES = "checkpoint_measures.parquet"  # the analysis' cache (analysis/measure.py)
 CHECKPOINT_KINDS = ("memorization", "grokking", "final")
 
 # Statuses a run can have in summary.json.
@@ -113,6 +115,13 @@ class RunDir:
 
     def read_matrix_lar(self) -> pd.DataFrame:
         return pd.read_parquet(self.path / MATRIX_LAR)
+
+    def read_measures(self) -> pd.DataFrame | None:
+        path = self.path / MEASURES
+        return pd.read_parquet(path) if path.is_file() else None
+
+    def write_measures(self, frame: pd.DataFrame) -> None:
+        self._write_table(MEASURES, frame)
 
     def _write_table(self, name: str, frame: pd.DataFrame) -> None:
         atomic_write(self.path / name, lambda tmp: frame.to_parquet(tmp, index=False))

@@ -131,6 +131,20 @@ class _State:
     matrix_lar: list[dict] = field(default_factory=list)
 
 
+def build(cfg: TrainConfig, device: torch.device | str = "cpu"):
+    """((train_x, train_y, val_x, val_y), model) of a run, on `device`; the model is freshly
+    initialised from `cfg.seed` (load a checkpoint's state_dict into it to restore one)."""
+    data = make_dataset(cfg.task.name, cfg.task.p)
+    train_idx, val_idx = split(data, cfg.train_fraction, cfg.split_seed)
+    splits = tuple(
+        tensor[idx].to(device)
+        for idx in (train_idx, val_idx)
+        for tensor in (data.inputs, data.labels)
+    )
+    torch.manual_seed(cfg.seed)
+    return splits, Transformer(data.vocab_size, data.n_classes, cfg.model).to(device)
+
+
 class Trainer:
     """One run: data, model, optimizer and its directory. `run()` trains to the end."""
 
@@ -140,15 +154,8 @@ class Trainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.device = resolve_device(cfg.device)
-        data = make_dataset(cfg.task.name, cfg.task.p)
-        train_idx, val_idx = split(data, cfg.train_fraction, cfg.split_seed)
-        self.train_x, self.train_y = (
-            t[train_idx].to(self.device) for t in (data.inputs, data.labels)
-        )
-        self.val_x, self.val_y = (t[val_idx].to(self.device) for t in (data.inputs, data.labels))
-
-        torch.manual_seed(cfg.seed)
-        self.model = Transformer(data.vocab_size, data.n_classes, cfg.model).to(self.device)
+        splits, self.model = build(cfg, self.device)
+        self.train_x, self.train_y, self.val_x, self.val_y = splits  # all of it on the device
         o = cfg.optim
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(),

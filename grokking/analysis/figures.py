@@ -1,0 +1,264 @@
+"""The paper's figures from collected results (seaborn). Each function returns a matplotlib
+Figure, or None when the results hold nothing to plot; `save` writes it as PNG and PDF."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from grokking.analysis.tables import group_title  # noqa: E402
+
+KIND_ORDER = ["memorization", "grokking", "final"]
+ROLE_ORDER = ["q", "k", "v", "o", "fc_in", "fc_out", "unembed"]
+SEED_BAND = ("pi", 100)  # shade the full range across seeds
+
+
+def save(fig, out_dir: Path, name: str) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{name}.{suffix}" for suffix in ("png", "pdf")]
+    for path in paths:
+        fig.savefig(path, dpi=130, bbox_inches="tight")
+    plt.close(fig)
+    return paths
+
+
+def _grid(n_panels: int, ncols: int = 4, size=(3.6, 2.8), **kwargs):
+    ncols = min(ncols, n_panels)
+    nrows = -(-n_panels // ncols)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows), squeeze=False, **kwargs
+    )
+    for ax in axes.flat[n_panels:]:
+        ax.remove()
+    return fig, axes.flat
+
+
+def _x_limit(runs: pd.DataFrame, factor: float = 3.0) -> float:
+    """3 × the mean grokking epoch of these runs, or their longest run."""
+    grokking = runs["grokking_epoch"].dropna()
+    longest = runs["final_epoch"].max()
+    return min(factor * grokking.mean(), longest) if len(grokking) else longest
+
+
+def _event_lines(ax, runs: pd.DataFrame, colors=("red", "green"), styles=("--", "--")):
+    """Vertical lines at the mean memorization and grokking epochs of `runs`."""
+    events = ("memorization_epoch", "grokking_epoch")
+    for column, color, style in zip(events, colors, styles, strict=True):
+        epochs = runs[column].dropna()
+        if len(epochs):
+            ax.axvline(epochs.mean(), color=color, linestyle=style, linewidth=1)
+
+
+def _panel_title(keys: dict) -> str:
+    parts = [keys["task"]]
+    if pd.notna(keys.get("p")):
+        parts.append(f"p={int(keys['p'])}")
+    parts.append(f"frac={keys['train_fraction']:g}")
+    return ", ".join(parts)
+
+
+PANEL_KEYS = ["task", "p", "train_fraction"]
+
+
+def figure1(runs: pd.DataFrame, metrics: pd.DataFrame, group: str):
+    """Mean LAR (left axis) and validation accuracy (right) across seeds against epoch, one panel
+    per task and train fraction; dashed red at the mean memorization epoch, green at grokking."""
+    in_group = runs[runs["group"] == group]
+    panels = list(in_group.groupby(PANEL_KEYS, dropna=False, sort=False))
+    if not panels:
+        return None
+    fig, axes = _grid(len(panels))
+    for ax, (keys, panel_runs) in zip(axes, panels, strict=False):
+        data = metrics[metrics["run"].isin(panel_runs["run"])]
+        limit = _x_limit(panel_runs)
+        data = data[data["epoch"] <= limit]
+        sns.lineplot(data=data, x="epoch", y="lar", ax=ax, color="C0", errorbar=SEED_BAND)
+        ax.set_ylabel("LAR (unembedding)", color="C0")
+        accuracy = ax.twinx()
+        sns.lineplot(data=data, x="epoch", y="val_acc", ax=accuracy, color="C1", errorbar=SEED_BAND)
+        accuracy.set_ylim(-0.02, 1.02)
+        accuracy.set_ylabel("val accuracy", color="C1")
+        _event_lines(ax, panel_runs)
+        ax.set_xlim(0, limit)
+        ax.set_title(
+            f"{_panel_title(dict(zip(PANEL_KEYS, keys, strict=True)))} ({len(panel_runs)} seeds)",
+            fontsize=9,
+        )
+    fig.suptitle(f"Figure 1 — {group_title(group)}: LAR and validation accuracy")
+    fig.tight_layout()
+    return fig
+
+
+def choose_runs(runs: pd.DataFrame, count: int = 3) -> list[str]:
+    """Runs for Figure 2: grokked ones first, one per task, then any."""
+    ordered = runs.sort_values(["grokked", "task", "seed"], ascending=[False, True, True])
+    chosen = ordered.drop_duplicates("task")["run"].tolist()
+    return (chosen + [r for r in ordered["run"] if r not in chosen])[:count]
+
+
+def figure2(measures: pd.DataFrame, run_names: list[str]):
+    """p (the unembedding's spectrum) and q (the inputs' alignment with it) at the
+    memorization, grokking and final checkpoints of the chosen runs."""
+    chosen = measures[measures["run"].isin(run_names)]
+    if chosen.empty:
+        return None
+    fig, axes = plt.subplots(
+        len(run_names), 3, figsize=(11, 2.8 * len(run_names)), squeeze=False, sharey=True
+    )
+    for row, run in zip(axes, run_names, strict=True):
+        for ax, kind in zip(row, KIND_ORDER, strict=True):
+            found = chosen[(chosen["run"] == run) & (chosen["kind"] == kind)]
+            ax.set_title(f"{run.split('/')[-1]} — {kind}", fontsize=8)
+            if found.empty:
+                ax.text(0.5, 0.5, "no checkpoint", ha="center", transform=ax.transAxes)
+                ax.set_axis_off()
+                continue
+            entry = found.iloc[0]
+            index = np.arange(1, len(entry["p"]) + 1)
+            for values, label in ((entry["p"], "p (W)"), (entry["q"], "q (inputs)")):
+                shown = np.where(np.asarray(values) > 0, values, np.nan)  # p is 0 past the rank
+                ax.semilogy(index, shown, ".-", ms=3, label=label)
+            ax.set_xlabel(
+                f"singular direction i   (LAR {entry['lar']:.3f}, epoch {entry['epoch']})"
+            )
+        row[0].legend(fontsize=8)
+    fig.suptitle("Figure 2 — spectra p and q of the unembedding")
+    fig.tight_layout()
+    return fig
+
+
+def figure3(measures: pd.DataFrame, runs: pd.DataFrame):
+    """k_LAR against PC95: one point per run and checkpoint kind, with the line y = x."""
+    if measures.empty:
+        return None
+    data = measures.merge(runs[["run", "group"]], on="run")
+    data["group"] = data["group"].map(group_title)
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    sns.scatterplot(
+        data=data, x="pc95", y="k_lar", hue="kind", hue_order=KIND_ORDER, style="group", ax=ax
+    )
+    top = max(data["pc95"].max(), data["k_lar"].max()) * 1.1
+    ax.plot([1, top], [1, top], color="gray", linestyle=":", label="y = x")
+    ax.set(xscale="log", yscale="log", xlabel="PC95", ylabel="k_LAR = n^(2(1-LAR))")
+    ax.set_title("Figure 3 — LAR-predicted dimension against PC95")
+    ax.legend(fontsize=7)
+    return fig
+
+
+def figure9(
+    runs: pd.DataFrame, metrics: pd.DataFrame, first_epochs: int = 20, min_epochs: int = 10
+):
+    """(a) LAR over the first epochs for each batch size; (b) minimum LAR in the first
+    `min_epochs` epochs against batch size / training-set size. Uses runs evaluated every epoch."""
+    dense = runs[runs["eval_every"] == 1]
+    if dense.empty:
+        return None
+    data = metrics[metrics["run"].isin(dense["run"])].merge(
+        dense[["run", "batch_size", "n_train", "p", "train_fraction"]], on="run"
+    )
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    curves = data[data["epoch"] <= first_epochs]
+    study = dense["group"].eq("batch_size")  # the (a) sweep when present, else every dense run
+    if study.any():
+        curves = curves[curves["run"].isin(dense.loc[study, "run"])]
+    sns.lineplot(
+        data=curves,
+        x="epoch",
+        y="lar",
+        hue="batch_size",
+        palette="viridis",
+        ax=left,
+        errorbar=SEED_BAND,
+        legend="full",
+    )
+    left.set_title(f"(a) LAR over the first {first_epochs} epochs")
+    early = data[data["epoch"] <= min_epochs]
+    minima = early.groupby("run").agg(
+        min_lar=("lar", "min"),
+        batch_size=("batch_size", "first"),
+        n_train=("n_train", "first"),
+        p=("p", "first"),
+        train_fraction=("train_fraction", "first"),
+    )
+    minima["ratio"] = minima["batch_size"] / minima["n_train"]
+    sns.scatterplot(data=minima, x="ratio", y="min_lar", hue="p", style="train_fraction", ax=right)
+    right.set(
+        xscale="log",
+        xlabel="batch size / training-set size",
+        ylabel=f"min LAR, epochs 0-{min_epochs}",
+    )
+    right.set_title("(b) the early LAR dip against batch fraction")
+    fig.suptitle("Figure 9 — batch size and the early LAR dip")
+    fig.tight_layout()
+    return fig
+
+
+def figure_ranks(runs: pd.DataFrame, metrics: pd.DataFrame, group: str):
+    """Appendix D.1: LAR beside the unembedding's stable rank and effective rank, per task."""
+    in_group = runs[runs["group"] == group]
+    if in_group.empty:
+        return None
+    data = metrics.merge(in_group[["run", "task"]], on="run")
+    data = data[data["epoch"] <= _x_limit(in_group)]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
+    for ax, column in zip(axes, ["lar", "stable_rank", "effective_rank"], strict=True):
+        sns.lineplot(
+            data=data,
+            x="epoch",
+            y=column,
+            hue="task",
+            ax=ax,
+            errorbar=SEED_BAND,
+            legend=column == "lar",
+        )
+        _event_lines(ax, in_group)
+    fig.suptitle(f"LAR, stable rank and effective rank — {group_title(group)}")
+    fig.tight_layout()
+    return fig
+
+
+def figure_matrices(runs: pd.DataFrame, matrix_lar: pd.DataFrame, group: str):
+    """Paper Figures 17–20: LAR of every probed matrix against epoch, one panel per layer and
+    role, one line per task (mean over seeds), in the task's colour: dashed at its mean
+    memorization epoch, dotted at its mean grokking epoch."""
+    in_group = runs[runs["group"] == group]
+    data = matrix_lar.merge(in_group[["run", "task"]], on="run")
+    if data.empty:
+        return None
+    data = data[data["epoch"] <= _x_limit(in_group)]
+    data["panel"] = [
+        role if pd.isna(layer) else f"layer {int(layer)} · {role}"
+        for layer, role in zip(data["layer"], data["role"], strict=True)
+    ]
+    data["order"] = data["role"].map({role: i for i, role in enumerate(ROLE_ORDER)})
+    ordered = data.sort_values(["layer", "order"], na_position="last")
+    panels = list(dict.fromkeys(ordered["panel"]))
+    fig, axes = _grid(len(panels), ncols=6 if len(panels) > 8 else 4, size=(3.0, 2.5), sharey=True)
+    tasks = sorted(in_group["task"].unique())
+    palette = dict(zip(tasks, sns.color_palette(n_colors=len(tasks)), strict=True))
+    for ax, panel in zip(axes, panels, strict=False):
+        sns.lineplot(
+            data=data[data["panel"] == panel],
+            x="epoch",
+            y="lar",
+            hue="task",
+            palette=palette,
+            ax=ax,
+            errorbar=None,
+            legend=panel == panels[-1],
+        )
+        for task in tasks:
+            color = palette[task]
+            _event_lines(ax, in_group[in_group["task"] == task], (color, color), ("--", ":"))
+        ax.axhline(0.5, color="gray", linewidth=0.5)
+        ax.set_title(panel, fontsize=9)
+    fig.suptitle(f"LAR of every dense matrix — {group_title(group)}")
+    fig.tight_layout()
+    return fig

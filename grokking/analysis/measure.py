@@ -1,0 +1,89 @@
+"""PC95, LAR, k_LAR and the spectra at a run's memorization, grokking and final checkpoints.
+
+Each checkpoint's model is reloaded and the whole training set passed through it; a LARProbe on
+the unembedding collects its inputs (for PCA) and XᵀX (for p and q). Results are cached in the
+run directory (checkpoint_measures.parquet), keyed by checkpoint epoch and variance threshold.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.decomposition import PCA
+
+from grokking.analysis.collect import Results
+from grokking.config import from_dict
+from grokking.lar import LARProbe, k_lar
+from grokking.rundir import CHECKPOINT_KINDS, RunDir
+from grokking.training import build
+
+log = logging.getLogger("grokking.analysis")
+
+
+def pc95(activations: np.ndarray | torch.Tensor, threshold: float = 0.95) -> int:
+    """How many principal components explain `threshold` of the variance (scikit-learn PCA)."""
+    if isinstance(activations, torch.Tensor):
+        activations = activations.double().cpu().numpy()
+    ratios = PCA(svd_solver="full").fit(activations).explained_variance_ratio_
+    # the first count whose cumulative share reaches the threshold (guarding float round-off)
+    return int(np.searchsorted(np.cumsum(ratios), threshold - 1e-12) + 1)
+
+
+def measure_checkpoint(run: RunDir, kind: str, threshold: float = 0.95, batch_size=2048) -> dict:
+    """One checkpoint's measures: epoch, lar, k_lar, pc95, the spectral summary, p and q."""
+    cfg = from_dict(run.read_summary()["config"])
+    (train_x, *_), model = build(cfg)
+    checkpoint = run.load_checkpoint(kind)
+    model.load_state_dict(checkpoint["model"])
+    model.eval()
+    probe = LARProbe(model.unembed, keep_gram=True, keep_inputs=True)
+    with torch.no_grad():
+        for chunk in train_x.split(batch_size):
+            model(chunk)
+    p, q, _ = probe.spectra()
+    lar_value = probe.value()
+    row = {"kind": kind, "epoch": checkpoint["epoch"]} | probe.summary()
+    row |= {
+        "lar": lar_value,
+        "k_lar": k_lar(lar_value, model.unembed.in_features),
+        "pc95": pc95(probe.inputs, threshold),
+        "threshold": threshold,
+        "p": p.tolist(),
+        "q": q.tolist(),
+    }
+    probe.remove()
+    return row
+
+
+def measure_run(run: RunDir, threshold: float = 0.95) -> pd.DataFrame:
+    """Measures of every checkpoint kind the run has; reads the run's cache when it matches."""
+    kinds = [kind for kind in CHECKPOINT_KINDS if run.has_checkpoint(kind)]
+    cached = run.read_measures()
+    if cached is not None and _cache_matches(cached, run, kinds, threshold):
+        return cached
+    frame = pd.DataFrame([measure_checkpoint(run, kind, threshold) for kind in kinds])
+    run.write_measures(frame)
+    return frame
+
+
+def _cache_matches(cached: pd.DataFrame, run: RunDir, kinds: list[str], threshold: float) -> bool:
+    if sorted(cached["kind"]) != sorted(kinds) or not (cached["threshold"] == threshold).all():
+        return False
+    epochs = {kind: run.load_checkpoint(kind)["epoch"] for kind in kinds}
+    return all(epochs[k] == e for k, e in zip(cached["kind"], cached["epoch"], strict=True))
+
+
+def measure_all(results: Results, threshold: float = 0.95) -> pd.DataFrame:
+    """`measure_run` for every completed run, with `run` and `grokked` columns; a run whose
+    checkpoints cannot be measured is skipped with a warning."""
+    frames = []
+    for run, path, grokked in results.runs[["run", "path", "grokked"]].itertuples(index=False):
+        try:
+            frames.append(measure_run(RunDir(path), threshold).assign(run=run, grokked=grokked))
+        except Exception as error:
+            results.skipped.append((run, f"{type(error).__name__}: {error}"))
+            log.warning("skipping %s: cannot measure its checkpoints: %s", run, error)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

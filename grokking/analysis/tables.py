@@ -1,0 +1,107 @@
+"""Table 1 (RMSE of k_LAR against PC95) and the per-task table, as DataFrames and files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from grokking.rundir import CHECKPOINT_KINDS
+
+# Table 1's columns: which checkpoint, and which runs.
+COLUMNS = {
+    "Memorized": lambda m: m["kind"] == "memorization",
+    "Grokked": lambda m: m["kind"] == "grokking",
+    "Final (grokked)": lambda m: (m["kind"] == "final") & m["grokked"],
+    "Final (no grok)": lambda m: (m["kind"] == "final") & ~m["grokked"],
+}
+# Rows named as in the paper; any other sweep keeps its own name.
+GROUP_TITLES = {
+    "table1_ops": "12 binary operations",
+    "train_fraction": "Modular addition, train-fraction sweep",
+    "single_runs": "Runs outside a sweep",
+}
+
+
+def group_title(group: str) -> str:
+    return GROUP_TITLES.get(group, group)
+
+
+def rmse(a: pd.Series, b: pd.Series) -> float:
+    return float(np.sqrt(np.mean((np.asarray(a, float) - np.asarray(b, float)) ** 2)))
+
+
+def table1(measures: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """Tidy Table 1: one row per group × column with `rmse` and `n` (runs behind the cell)."""
+    data = measures.merge(runs[["run", "group"]], on="run")
+    rows = []
+    for group, in_group in data.groupby("group", sort=False):
+        for column, select in COLUMNS.items():
+            cell = in_group[select(in_group)]
+            rows.append(
+                {
+                    "group": group_title(group),
+                    "column": column,
+                    "rmse": rmse(cell["k_lar"], cell["pc95"]) if len(cell) else np.nan,
+                    "n": len(cell),
+                }
+            )
+    return pd.DataFrame(rows, columns=["group", "column", "rmse", "n"])
+
+
+def table1_wide(tidy: pd.DataFrame) -> pd.DataFrame:
+    """Table 1 as printed: groups down, columns across, cells `RMSE (n=N)`."""
+    cells = tidy.assign(
+        cell=[
+            f"{r:.2f} (n={n})" if n else "–" for r, n in zip(tidy["rmse"], tidy["n"], strict=True)
+        ]
+    )
+    wide = cells.pivot(index="group", columns="column", values="cell")
+    return wide.reindex(columns=list(COLUMNS), index=tidy["group"].unique()).rename_axis(None)
+
+
+def per_task_table(runs: pd.DataFrame, measures: pd.DataFrame) -> pd.DataFrame:
+    """Per (group, task, p, train fraction): seeds, the fraction that grokked, and mean and sd
+    of memorization and grokking epochs and of LAR, k_LAR and PC95 at each checkpoint kind."""
+    keys = ["group", "task", "p", "train_fraction"]
+    wide = measures.pivot_table(index="run", columns="kind", values=["lar", "k_lar", "pc95"])
+    wide.columns = [f"{value}_{kind}" for value, kind in wide.columns]
+    data = runs.set_index("run").join(wide).reset_index()
+    data["p"] = data["p"].fillna(-1)  # S5 tasks have no modulus; keep them in the groupby
+    value_columns = ["memorization_epoch", "grokking_epoch"] + [
+        f"{value}_{kind}"
+        for kind in CHECKPOINT_KINDS
+        for value in ("lar", "k_lar", "pc95")
+        if f"{value}_{kind}" in data
+    ]
+    grouped = data.groupby(keys, sort=False)
+    table = grouped.agg(seeds=("run", "size"), grokked=("grokked", "mean"))
+    for column in value_columns:
+        table[f"{column}_mean"] = grouped[column].mean()
+        table[f"{column}_sd"] = grouped[column].std()
+    table = table.reset_index()
+    table["group"] = table["group"].map(group_title)
+    table["p"] = table["p"].astype(int).replace(-1, pd.NA)
+    return table
+
+
+def per_task_display(table: pd.DataFrame) -> pd.DataFrame:
+    """`per_task_table` with each mean and sd joined as `mean ± sd`."""
+    shown = table[["group", "task", "p", "train_fraction", "seeds", "grokked"]].copy()
+    for column in [c[: -len("_mean")] for c in table.columns if c.endswith("_mean")]:
+        mean, sd = table[f"{column}_mean"], table[f"{column}_sd"].fillna(0)
+        digits = 3 if column.startswith("lar") else 0 if column.endswith("epoch") else 1
+        shown[column] = [
+            "–" if pd.isna(m) else f"{m:.{digits}f} ± {s:.{digits}f}"
+            for m, s in zip(mean, sd, strict=True)
+        ]
+    return shown
+
+
+def write_table(frame: pd.DataFrame, out_dir: Path, name: str, *, tidy: pd.DataFrame | None = None):
+    """`name`.md and `name`.tex from `frame`, `name`.csv from `tidy` (default: `frame`)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{name}.md").write_text(frame.to_markdown() + "\n")
+    (out_dir / f"{name}.tex").write_text(frame.to_latex())
+    (tidy if tidy is not None else frame).to_csv(out_dir / f"{name}.csv", index=False)

@@ -1,0 +1,121 @@
+"""`python -m grokking.analyze DIR [DIR ...]`: Table 1, the per-task table and the paper's
+figures from every run under the given directories.
+
+Writes into `--out` (default: `<first DIR>-analysis`, beside it) and prints where:
+  runs.parquet, metrics.parquet, matrix_lar.parquet, checkpoint_measures.parquet  (for notebooks)
+  table1.{md,tex,csv}, per_task.{md,tex,csv}
+  figure1_<group>, figure2, figure3, figure9, ranks_<group>, matrices_<group>  (.png and .pdf)
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from grokking.analysis import figures
+from grokking.analysis.collect import collect
+from grokking.analysis.measure import measure_all
+from grokking.analysis.tables import (
+    per_task_display,
+    per_task_table,
+    table1,
+    table1_wide,
+    write_table,
+)
+
+log = logging.getLogger("grokking.analysis")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m grokking.analyze", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("dirs", nargs="+", type=Path, help="folders holding runs, at any depth")
+    parser.add_argument("--out", type=Path, help="output folder (default: <first DIR>-analysis)")
+    parser.add_argument(
+        "--pca-threshold", type=float, default=0.95, help="explained variance for PC95"
+    )
+    parser.add_argument("--figure2-runs", nargs="*", help="runs for Figure 2 (default: 3 chosen)")
+    args = parser.parse_args(argv)
+    if not 0 < args.pca_threshold < 1:
+        parser.error(f"--pca-threshold: must lie in (0, 1), got {args.pca_threshold}")
+    for folder in args.dirs:
+        if not folder.is_dir():
+            parser.error(f"DIR: no such directory: {folder}")
+    return args
+
+
+def analyze(dirs: list[Path], out: Path, pca_threshold: float = 0.95, figure2_runs=None) -> dict:
+    """Everything the command writes; returns {name: path} of the files written."""
+    results = collect(*dirs)
+    if results.runs.empty:
+        raise FileNotFoundError(
+            f"no completed runs under {', '.join(map(str, dirs))} "
+            f"({len(results.in_progress)} in progress, {len(results.skipped)} skipped)"
+        )
+    measures = measure_all(results, pca_threshold)
+    out.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for name, frame in (
+        ("runs", results.runs),
+        ("metrics", results.metrics),
+        ("matrix_lar", results.matrix_lar),
+        ("checkpoint_measures", measures),
+    ):
+        written[name] = out / f"{name}.parquet"
+        frame.to_parquet(written[name], index=False)
+
+    tidy = table1(measures, results.runs)
+    wide = table1_wide(tidy)
+    write_table(wide, out, "table1", tidy=tidy)
+    per_task = per_task_table(results.runs, measures)
+    write_table(per_task_display(per_task), out, "per_task", tidy=per_task)
+    print("Table 1 — RMSE(k_LAR, PC95), runs behind each cell:")
+    print(wide.to_markdown(), end="\n\n")
+
+    groups = results.runs["group"].unique()
+    chosen = figure2_runs or figures.choose_runs(results.runs)
+    plots = {f"figure1_{g}": figures.figure1(results.runs, results.metrics, g) for g in groups}
+    plots |= {
+        "figure2": figures.figure2(measures, chosen),
+        "figure3": figures.figure3(measures, results.runs),
+        "figure9": figures.figure9(results.runs, results.metrics),
+    }
+    plots |= {f"ranks_{g}": figures.figure_ranks(results.runs, results.metrics, g) for g in groups}
+    plots |= {
+        f"matrices_{g}": figures.figure_matrices(results.runs, results.matrix_lar, g)
+        for g in groups
+    }
+    for name, fig in plots.items():
+        if fig is None:
+            print(f"{name}: nothing to plot (no matching runs)")
+            continue
+        written[name] = figures.save(fig, out, name)[0]
+
+    print(f"{len(results.runs)} runs analysed", end="")
+    if results.in_progress:
+        print(f"; in progress, left out: {', '.join(results.in_progress)}", end="")
+    if results.skipped:
+        print(f"; skipped: {', '.join(name for name, _ in results.skipped)}", end="")
+    print(f"\nwrote tables, figures and parquet files to {out}")
+    return written
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
+    out = args.out or args.dirs[0].parent / f"{args.dirs[0].name}-analysis"
+    try:
+        analyze(args.dirs, out, args.pca_threshold, args.figure2_runs)
+    except FileNotFoundError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    pd.set_option("display.width", 200)
+    main()
