@@ -14,12 +14,13 @@ import logging
 import sys
 from pathlib import Path
 
-import pandas as pd
+import matplotlib
 
-from grokking.analysis import figures
-from grokking.analysis.collect import collect
-from grokking.analysis.measure import measure_all
-from grokking.analysis.tables import (
+matplotlib.use("Agg")  # the command writes files; it never needs a display
+from grokking.analysis import figures  # noqa: E402
+from grokking.analysis.collect import collect  # noqa: E402
+from grokking.analysis.measure import measure_all  # noqa: E402
+from grokking.analysis.tables import (  # noqa: E402
     per_task_display,
     per_task_table,
     table1,
@@ -117,5 +118,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    pd.set_option("display.width", 200)
     main()

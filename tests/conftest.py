@@ -85,3 +85,11 @@ def slurm_cluster():
     )
     assert result.returncode == 0, f"local SLURM did not start:\n{result.stdout}\n{result.stderr}"
     return REPO / "scripts" / "local-slurm.sh"
+
+
+@pytest.fixture(scope="session")
+def smoke_sweep(tmp_path_factory):
+    """(cwd, CompletedProcess) of `python -m grokking.train +sweeps=smoke` run in cwd."""
+    cwd = tmp_path_factory.mktemp("smoke")
+    result = run_cli("+sweeps=smoke", cwd=cwd, check=True)
+    return cwd, result

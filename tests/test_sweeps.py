@@ -14,20 +14,13 @@ from grokking.rundir import RunDir
 SMOKE_RUNS = {"seed=0,task=add", "seed=1,task=add", "seed=0,task=sub", "seed=1,task=sub"}
 
 
-@pytest.fixture(scope="module")
-def smoke_sweep(tmp_path_factory):
-    cwd = tmp_path_factory.mktemp("smoke")
-    result = run_cli("+sweeps=smoke", cwd=cwd, check=True)
-    return cwd, result
-
-
 def test_smoke_sweep_on_the_basic_launcher(smoke_sweep):
     cwd, result = smoke_sweep
     summaries = completed_summaries(cwd / "outputs" / "sweeps" / "smoke")
     assert set(summaries) == SMOKE_RUNS  # stable folder names, one per run
     for name, summary in summaries.items():
         assert summary["status"] == "completed" and summary["sweep_name"] == "smoke"
-        assert summary["final_epoch"] == 40 and summary["p"] == 11
+        assert summary["final_epoch"] == 300 and summary["p"] == 17
         assert f"seed={summary['seed']}" in name and f"task={summary['task']}" in name
     assert "sweep: 4 runs into outputs/sweeps/smoke" in result.stdout
     assert "sweep: 4/4 completed, 0 running, 0 failed" in result.stdout
@@ -39,7 +32,7 @@ def test_rerunning_a_completed_sweep_trains_nothing(smoke_sweep):
     tracked = [p for p in sweep.rglob("*") if p.suffix in (".pt", ".parquet", ".json")]
     before = {p: p.stat().st_mtime_ns for p in tracked}
     result = run_cli("+sweeps=smoke", cwd=cwd, check=True)
-    assert result.stdout.count("already completed at epoch 40; nothing to do") == 4
+    assert result.stdout.count("already completed at epoch 300; nothing to do") == 4
     assert "epoch 0  train_acc" not in result.stdout
     assert {p: p.stat().st_mtime_ns for p in tracked} == before
 

@@ -5,15 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
 
-matplotlib.use("Agg")  # files only; no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-
-from grokking.analysis.tables import group_title  # noqa: E402
+from grokking.analysis.tables import group_title
 
 KIND_ORDER = ["memorization", "grokking", "final"]
 ROLE_ORDER = ["q", "k", "v", "o", "fc_in", "fc_out", "unembed"]

@@ -1,0 +1,204 @@
+import json
+import shutil
+
+import jupytext
+import nbclient
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import REPO, run_cli
+
+from grokking.analysis import collect, measure_run, pc95, table1
+from grokking.analysis.tables import table1_wide
+from grokking.rundir import RunDir
+
+
+def activations_with_variances(variances, n=128, rows=400, seed=0):
+    """Rows whose sample covariance has exactly these eigenvalues, in a random basis of Rⁿ."""
+    g = torch.Generator().manual_seed(seed)
+    k = len(variances)
+    noise = torch.randn(rows, k, generator=g, dtype=torch.float64)
+    noise -= noise.mean(0)
+    orthonormal, _ = torch.linalg.qr(noise)  # centred, orthonormal columns
+    basis, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    scaled = orthonormal * torch.tensor(variances, dtype=torch.float64).sqrt()
+    return (scaled * (rows - 1) ** 0.5) @ basis[:, :k].T + 3.0  # an offset PCA must remove
+
+
+def test_pc95_counts_components_of_known_variances():
+    x = activations_with_variances([50, 30, 15, 4, 1])  # cumulative 0.50, 0.80, 0.95, 0.99, 1
+    assert pc95(x, 0.95) == 3
+    assert pc95(x, 0.96) == 4
+    assert pc95(x, 0.5) == 1
+    assert pc95(x.numpy(), 0.999) == 5
+
+
+@pytest.mark.parametrize("rank", [1, 7, 40])
+def test_pc95_of_equal_variances_in_rank_k(rank):
+    x = activations_with_variances([1.0] * rank)
+    assert pc95(x) == int(np.ceil(0.95 * rank - 1e-9))
+
+
+def hand_built():
+    """Runs and measures with known RMSEs."""
+    runs = pd.DataFrame(
+        {
+            "run": ["a", "b", "c", "d"],
+            "group": ["table1_ops", "table1_ops", "table1_ops", "mine"],
+            "grokked": [True, True, False, True],
+        }
+    )
+    rows = [  # run, kind, k_lar, pc95
+        ("a", "memorization", 10, 13),
+        ("b", "memorization", 20, 16),
+        ("a", "grokking", 5, 5),
+        ("b", "grokking", 8, 6),
+        ("a", "final", 30, 30),
+        ("b", "final", 31, 30),
+        ("c", "memorization", 40, 10),
+        ("c", "final", 12, 9),
+        ("d", "final", 2, 1),
+    ]
+    measures = pd.DataFrame(rows, columns=["run", "kind", "k_lar", "pc95"])
+    return runs, measures.merge(runs[["run", "grokked"]], on="run")
+
+
+def test_table1_rmse_on_hand_built_runs():
+    runs, measures = hand_built()
+    tidy = table1(measures, runs).set_index(["group", "column"])
+    ops = "12 binary operations"
+    rmse_memorized = np.sqrt((3**2 + 4**2 + 30**2) / 3)
+    assert tidy.loc[(ops, "Memorized"), "rmse"] == pytest.approx(rmse_memorized)
+    assert tidy.loc[(ops, "Memorized"), "n"] == 3
+    assert tidy.loc[(ops, "Grokked"), "rmse"] == pytest.approx(np.sqrt(2))
+    assert tidy.loc[(ops, "Final (grokked)"), "rmse"] == pytest.approx(np.sqrt(0.5))
+    assert tidy.loc[(ops, "Final (no grok)"), "rmse"] == pytest.approx(3.0)
+    assert tidy.loc[("mine", "Final (grokked)"), ["rmse", "n"]].tolist() == [1.0, 1]
+    assert tidy.loc[("mine", "Memorized"), "n"] == 0 and np.isnan(
+        tidy.loc[("mine", "Memorized"), "rmse"]
+    )
+    wide = table1_wide(table1(measures, runs))
+    assert list(wide.index) == [ops, "mine"]
+    assert wide.loc[ops, "Grokked"] == "1.41 (n=2)" and wide.loc["mine", "Memorized"] == "–"
+
+
+# --- the command on real sweeps ---------------------------------------------------------------
+
+DENSE = ["-m", "task.p=11", "model.d_model=32", "model.n_heads=2", "model.d_ff=64"]
+DENSE += ["eval_every=1", "max_epochs=6", "batch_size=8,32,128", "threads=1"]
+
+
+@pytest.fixture(scope="module")
+def analysed(smoke_sweep, tmp_path_factory):
+    """The smoke sweep and a tiny every-epoch batch-size sweep, analysed together."""
+    cwd, _ = smoke_sweep
+    run_cli(*DENSE, "hydra.sweep.dir=outputs/sweeps/dense", cwd=cwd, check=True)
+    result = run_cli(
+        "outputs/sweeps/smoke", "outputs/sweeps/dense", cwd=cwd, module="grokking.analyze"
+    )
+    assert result.returncode == 0, result.stderr
+    return cwd, result
+
+
+FILES = [
+    "runs.parquet",
+    "metrics.parquet",
+    "matrix_lar.parquet",
+    "checkpoint_measures.parquet",
+    *[f"{table}.{suffix}" for table in ("table1", "per_task") for suffix in ("md", "tex", "csv")],
+    *[
+        f"{figure}.{suffix}"
+        for figure in ["figure1_smoke", "figure1_single_runs", "figure2", "figure3", "figure9"]
+        + ["ranks_smoke", "matrices_smoke", "matrices_single_runs"]
+        for suffix in ("png", "pdf")
+    ],
+]
+
+
+def test_analyze_writes_every_table_and_figure(analysed):
+    cwd, result = analysed
+    out = cwd / "outputs" / "sweeps" / "smoke-analysis"  # beside the first input, by default
+    assert f"wrote tables, figures and parquet files to {out.relative_to(cwd)}" in result.stdout
+    for name in FILES:
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert "Table 1 — RMSE(k_LAR, PC95)" in result.stdout and "| smoke" in result.stdout
+    tidy = pd.read_csv(out / "table1.csv")
+    assert set(tidy["column"]) == {"Memorized", "Grokked", "Final (grokked)", "Final (no grok)"}
+    assert tidy.loc[tidy["group"] == "smoke", "n"].sum() >= 4  # every run has a final checkpoint
+    runs = pd.read_parquet(out / "runs.parquet")
+    assert len(runs) == 7 and set(runs["group"]) == {"smoke", "single_runs"}
+    assert "7 runs analysed" in result.stdout
+
+
+def test_checkpoint_measures_agree_with_the_trainer(analysed):
+    cwd, _ = analysed
+    for summary in (cwd / "outputs" / "sweeps" / "smoke").glob("*/summary.json"):
+        run = RunDir(summary.parent)
+        measures = run.read_measures().set_index("kind")
+        last = run.read_metrics().iloc[-1]
+        assert measures.loc["final", "epoch"] == last["epoch"]
+        assert measures.loc["final", "lar"] == pytest.approx(last["lar"], abs=1e-6)
+        assert measures.loc["final", "k_lar"] == pytest.approx(last["k_lar"], rel=1e-5)
+        assert 1 <= measures.loc["final", "pc95"] <= 32
+        assert len(measures.loc["final", "p"]) == 32 and sum(
+            measures.loc["final", "q"]
+        ) == pytest.approx(1)
+        stamp = (run.path / "checkpoint_measures.parquet").stat().st_mtime_ns
+        measure_run(run)  # cached: not recomputed, not rewritten
+        assert (run.path / "checkpoint_measures.parquet").stat().st_mtime_ns == stamp
+
+
+def test_per_task_table_counts_seeds_and_grokking(analysed):
+    cwd, _ = analysed
+    out = cwd / "outputs" / "sweeps" / "smoke-analysis"
+    table = pd.read_csv(out / "per_task.csv")
+    smoke = table[table["group"] == "smoke"].set_index("task")
+    assert smoke.loc["add", "seeds"] == 2 and smoke.loc["sub", "seeds"] == 2
+    summaries = [
+        json.loads(p.read_text()) for p in (cwd / "outputs/sweeps/smoke").glob("*/summary.json")
+    ]
+    grokked = np.mean([s["grokking_epoch"] is not None for s in summaries if s["task"] == "add"])
+    assert smoke.loc["add", "grokked"] == pytest.approx(grokked)
+
+
+def test_broken_and_running_runs_are_reported_and_left_out(smoke_sweep, tmp_path):
+    cwd, _ = smoke_sweep
+    copy = tmp_path / "smoke"
+    shutil.copytree(cwd / "outputs" / "sweeps" / "smoke", copy)
+    (copy / "seed=0,task=add" / "metrics.parquet").write_bytes(b"not parquet")
+    running = RunDir(copy / "seed=1,task=sub")
+    running.write_summary(running.read_summary() | {"status": "running"})
+    result = run_cli(
+        str(copy), "--out", str(tmp_path / "out"), cwd=tmp_path, module="grokking.analyze"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "warning: skipping smoke/seed=0,task=add: " in result.stderr
+    assert "warning: smoke/seed=1,task=sub is running; left out of the tables" in result.stderr
+    left_out = "in progress, left out: smoke/seed=1,task=sub; skipped: smoke/seed=0,task=add"
+    assert f"2 runs analysed; {left_out}" in result.stdout
+    assert len(collect(copy).runs) == 2
+
+
+def test_a_folder_without_runs_is_a_clear_error(tmp_path):
+    result = run_cli(str(tmp_path), cwd=tmp_path, module="grokking.analyze")
+    assert result.returncode == 2
+    assert f"error: no runs (folders with summary.json) under {tmp_path}" in result.stderr
+    missing = run_cli(str(tmp_path / "nope"), cwd=tmp_path, module="grokking.analyze")
+    assert missing.returncode == 2 and "DIR: no such directory" in missing.stderr
+
+
+@pytest.mark.parametrize("name", ["table1", "figures"])
+def test_notebooks_execute_on_the_smoke_sweep(analysed, name, monkeypatch, tmp_path):
+    cwd, _ = analysed
+    monkeypatch.setenv("GROKKING_RESULTS", str(cwd / "outputs" / "sweeps" / "smoke"))
+    notebook = jupytext.read(REPO / "notebooks" / f"{name}.py")
+    client = nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3")
+    client.execute(cwd=str(tmp_path))
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    if name == "table1":
+        assert any("Final (grokked)" in str(o.get("data", {})) for o in outputs)
+    else:
+        images = [o for o in outputs if "image/png" in o.get("data", {})]
+        assert len(images) >= 5
