@@ -16,7 +16,7 @@ import tempfile
 import time
 
 # Four runs of the default model on p = 53, long enough that start-up is a small share.
-SWEEP = ["task.p=53", "max_epochs=60", "eval_every=20", "task=add,sub", "seed=0,1"]
+SWEEP = ["task.p=53", "max_epochs=120", "eval_every=20", "task=add,sub", "seed=0,1"]
 
 
 def sweep_seconds(cwd: str, name: str, *overrides: str) -> float:
