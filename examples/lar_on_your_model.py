@@ -47,6 +47,7 @@ measure()
 table = probes.table()
 table["lar_at_init"] = table["name"].map(before)
 print(table.to_string(index=False))
-print(f"head: LAR {head.value():.3f}, k_LAR {head.summary()['k_lar']:.1f} of {head.module.in_features}")
+k = head.summary()["k_lar"]
+print(f"head: LAR {head.value():.3f}, k_LAR {k:.1f} of {head.module.in_features}")
 probes.remove()
 head.remove()
