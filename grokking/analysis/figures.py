@@ -9,6 +9,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.ticker import NullFormatter
 
 from grokking.analysis.tables import group_title
 
@@ -185,7 +186,9 @@ def figure9(
         train_fraction=("train_fraction", "first"),
     )
     minima["ratio"] = minima["batch_size"] / minima["n_train"]
+    minima["p"] = minima["p"].map(lambda p: f"p={p}")  # categories: one distinct colour each
     sns.scatterplot(data=minima, x="ratio", y="min_lar", hue="p", style="train_fraction", ax=right)
+    right.xaxis.set_minor_formatter(NullFormatter())  # log-axis minor labels overlap
     right.set(
         xscale="log",
         xlabel="batch size / training-set size",
