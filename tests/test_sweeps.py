@@ -1,5 +1,4 @@
 import json
-import os
 import subprocess
 import sys
 import time
@@ -48,11 +47,10 @@ def test_smoke_sweep_on_the_local_parallel_launcher(tmp_path):
     result = run_cli("+sweeps=smoke", "hydra/launcher=parallel", cwd=tmp_path, check=True)
     summaries = completed_summaries(tmp_path / "outputs" / "sweeps" / "smoke")
     assert set(summaries) == SMOKE_RUNS
-    cores = len(os.sched_getaffinity(0))
     for summary in summaries.values():
         assert summary["status"] == "completed"
         assert summary["threads"] == 1  # cores / n_jobs with n_jobs = cores
-    assert "Joblib.Parallel" in result.stdout + result.stderr or cores >= 1
+    assert "Joblib.Parallel(n_jobs=-1" in result.stdout and "is launching 4 jobs" in result.stdout
 
 
 def test_a_bad_value_in_a_sweep_fails_before_any_job(tmp_path):

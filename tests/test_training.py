@@ -248,7 +248,8 @@ def test_rerunning_a_completed_run_does_nothing_and_says_so(uninterrupted):
 
 
 def test_default_run_directory_is_named_by_the_overrides(tmp_path):
-    run_cli(*TINY_OVERRIDES, "max_epochs=5", "seed=2", cwd=tmp_path, check=True)
+    result = run_cli(*TINY_OVERRIDES, "max_epochs=5", "seed=2", cwd=tmp_path, check=True)
+    assert "Callback" not in result.stderr  # the pre-run check resolved the folder name itself
     (run_dir,) = (tmp_path / "outputs" / "runs").iterdir()
     assert "seed=2" in run_dir.name and "threads" not in run_dir.name
     assert RunDir(run_dir).read_summary()["seed"] == 2
