@@ -11,6 +11,7 @@ count), since nothing else feeds the loop.
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import sys
 import threading
@@ -196,6 +197,7 @@ class Trainer:
                     self.state.epoch >= self.cfg.max_epochs
                 ):
                     self._evaluate()
+                    bar.total = self._expected_epochs()
                     bar.set_postfix(self._postfix())
                     reason = stop_reason(self.state.epoch, self.state.events, self.cfg)
                     self._save_last()
@@ -354,7 +356,7 @@ class Trainer:
     def _progress(self):
         """A progress bar over epochs on a terminal; nothing otherwise (evaluations log)."""
         bar = tqdm(
-            total=self.cfg.max_epochs,
+            total=self._expected_epochs(),
             initial=self.state.epoch,
             desc=f"{self.cfg.task.name} seed {self.cfg.seed}",
             unit="epoch",
@@ -363,6 +365,13 @@ class Trainer:
         )
         bar.set_postfix(self._postfix())
         return _BarWithLogging(bar)
+
+    def _expected_epochs(self) -> int:
+        """The epoch training will stop at, as far as known: the budget, until the run groks."""
+        grokked = self.state.events.grokking_epoch
+        if grokked is None:
+            return self.cfg.max_epochs
+        return min(self.cfg.max_epochs, math.ceil(self.cfg.stop_factor * grokked))
 
     def _postfix(self) -> dict:
         last = self.state.metrics[-1]
