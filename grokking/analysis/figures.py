@@ -126,7 +126,7 @@ def figure2(measures: pd.DataFrame, run_names: list[str]):
             ax.set_xlabel(
                 f"singular direction i   (LAR {entry['lar']:.3f}, epoch {entry['epoch']})"
             )
-        row[0].legend(fontsize=8)
+    next(ax for ax in axes.flat if ax.get_lines()).legend(fontsize=8)
     fig.suptitle("Figure 2 — spectra p and q of the unembedding")
     fig.tight_layout()
     return fig
@@ -166,15 +166,16 @@ def figure9(
     study = dense["group"].eq("batch_size")  # the (a) sweep when present, else every dense run
     if study.any():
         curves = curves[curves["run"].isin(dense.loc[study, "run"])]
+    sizes = sorted(curves["batch_size"].unique())
     sns.lineplot(
-        data=curves,
+        data=curves.assign(batch_size=curves["batch_size"].astype(str)),
         x="epoch",
         y="lar",
         hue="batch_size",
-        palette="viridis",
+        hue_order=[str(size) for size in sizes],
+        palette=sns.color_palette("viridis", len(sizes)),  # one distinct colour per size
         ax=left,
         errorbar=SEED_BAND,
-        legend="full",
     )
     left.set_title(f"(a) LAR over the first {first_epochs} epochs")
     early = data[data["epoch"] <= min_epochs]

@@ -21,6 +21,7 @@ GROUP_TITLES = {
     "table1_ops": "12 binary operations",
     "train_fraction": "Modular addition, train-fraction sweep",
     "single_runs": "Runs outside a sweep",
+    "cpu_reproduction": "Binary operations, CPU scale",
 }
 
 
