@@ -260,6 +260,8 @@ def figure_matrices(runs: pd.DataFrame, matrix_lar: pd.DataFrame, group: str):
             _event_lines(ax, in_group[in_group["task"] == task], (color, color), ("--", ":"))
         ax.axhline(0.5, color="gray", linewidth=0.5)
         ax.set_title(panel, fontsize=9)
+        if ax.get_legend():  # beside the last panel, not over it
+            sns.move_legend(ax, "upper left", bbox_to_anchor=(1.03, 1), fontsize=8)
     fig.suptitle(f"LAR of every dense matrix — {group_title(group)}")
     fig.tight_layout()
     return fig

@@ -91,11 +91,15 @@ def per_task_display(table: pd.DataFrame) -> pd.DataFrame:
     """`per_task_table` with each mean and sd joined as `mean ± sd`."""
     shown = table[["group", "task", "p", "train_fraction", "seeds", "grokked"]].copy()
     for column in [c[: -len("_mean")] for c in table.columns if c.endswith("_mean")]:
-        mean, sd = table[f"{column}_mean"], table[f"{column}_sd"].fillna(0)
+        mean, sd = table[f"{column}_mean"], table[f"{column}_sd"]
         digits = 3 if column.startswith("lar") else 0 if column.endswith("epoch") else 1
         shown[column] = [
-            "–" if pd.isna(m) else f"{m:.{digits}f} ± {s:.{digits}f}"
-            for m, s in zip(mean, sd, strict=True)
+            "–"
+            if pd.isna(m)
+            else f"{m:.{digits}f}"
+            if pd.isna(s)
+            else f"{m:.{digits}f} ± {s:.{digits}f}"
+            for m, s in zip(mean, sd, strict=True)  # one run has no sd: its value alone
         ]
     return shown
 
