@@ -23,6 +23,7 @@ from omegaconf.errors import ConfigKeyError
 
 from grokking.config import ConfigError, TrainConfig, validate
 from grokking.rundir import COMPLETED, FAILED, find_runs
+from grokking.training import check_same_config
 
 
 def to_train_config(cfg: DictConfig) -> TrainConfig:
@@ -68,8 +69,6 @@ class CheckBeforeLaunch(Callback):
     anything. Exits itself: Hydra turns a callback's exception into a mere warning."""
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        from grokking.training import check_same_config
-
         try:
             train_cfg = to_train_config(config)
             validate(train_cfg)

@@ -42,9 +42,6 @@ class Results:
     in_progress: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
-    def run_dir(self, run: str) -> RunDir:
-        return RunDir(self.runs.set_index("run").loc[run, "path"])
-
 
 def collect(*dirs: str | Path) -> Results:
     """Every run under `dirs` (any depth). Runs not completed are reported and left out;

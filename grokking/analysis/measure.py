@@ -16,7 +16,7 @@ from sklearn.decomposition import PCA
 
 from grokking.analysis.collect import Results
 from grokking.config import from_dict
-from grokking.lar import LARProbe, k_lar
+from grokking.lar import LARProbe, k_lar, summary_from_spectra
 from grokking.rundir import CHECKPOINT_KINDS, RunDir
 from grokking.training import build
 
@@ -43,9 +43,9 @@ def measure_checkpoint(run: RunDir, kind: str, threshold: float = 0.95, batch_si
     with torch.no_grad():
         for chunk in train_x.split(batch_size):
             model(chunk)
-    p, q, _ = probe.spectra()
+    p, q, s = probe.spectra()
     lar_value = probe.value()
-    row = {"kind": kind, "epoch": checkpoint["epoch"]} | probe.summary()
+    row = {"kind": kind, "epoch": checkpoint["epoch"]} | summary_from_spectra(p, q, s)
     row |= {
         "lar": lar_value,
         "k_lar": k_lar(lar_value, model.unembed.in_features),
@@ -72,7 +72,8 @@ def measure_run(run: RunDir, threshold: float = 0.95) -> pd.DataFrame:
 def _cache_matches(cached: pd.DataFrame, run: RunDir, kinds: list[str], threshold: float) -> bool:
     if sorted(cached["kind"]) != sorted(kinds) or not (cached["threshold"] == threshold).all():
         return False
-    epochs = {kind: run.load_checkpoint(kind)["epoch"] for kind in kinds}
+    summary = run.read_summary()  # the checkpoints' epochs, without loading them
+    epochs = {kind: summary[f"{kind}_epoch"] for kind in kinds}
     return all(epochs[k] == e for k, e in zip(cached["kind"], cached["epoch"], strict=True))
 
 
