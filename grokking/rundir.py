@@ -134,8 +134,24 @@ class RunDir:
         return self.checkpoint_path(name).is_file()
 
     def load_checkpoint(self, name: str, map_location: str | torch.device = "cpu") -> dict:
-        # weights_only=False: last.pt holds RNG states and plain Python objects we wrote ourselves
-        return torch.load(self.checkpoint_path(name), map_location=map_location, weights_only=False)
+        # weights_only: a checkpoint holds tensors and plain Python values only, so a crafted
+        # file cannot run code when it is loaded (torch refuses anything else)
+        return torch.load(self.checkpoint_path(name), map_location=map_location, weights_only=True)
+
+    def config(self):
+        """The run's TrainConfig, as stored in summary.json."""
+        from grokking.config import from_dict
+
+        return from_dict(self.read_summary()["config"])
+
+    def load_model(self, kind: str = "final", device: str | torch.device = "cpu"):
+        """The run's `Transformer` at checkpoint `kind` (memorization, grokking, final, last or
+        epoch_N), on `device`, in eval mode."""
+        from grokking.build import build
+
+        _, model = build(self.config(), device)
+        model.load_state_dict(self.load_checkpoint(kind, map_location=device)["model"])
+        return model.eval()
 
 
 def find_runs(*roots: str | os.PathLike) -> Iterator[RunDir]:

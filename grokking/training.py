@@ -24,11 +24,11 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 import grokking
+from grokking.build import build
 from grokking.config import ConfigError, LarLayers, TrainConfig, config_differences, to_dict
 from grokking.lar import LARProbe, attach_probes, k_lar
-from grokking.model import Transformer, matrix_role
+from grokking.model import matrix_role
 from grokking.rundir import COMPLETED, FAILED, INTERRUPTED, RUNNING, RunDir
-from grokking.tasks import make_dataset, split
 
 log = logging.getLogger("grokking")
 
@@ -130,20 +130,6 @@ class _State:
     events: Events = field(default_factory=Events)
     metrics: list[dict] = field(default_factory=list)
     matrix_lar: list[dict] = field(default_factory=list)
-
-
-def build(cfg: TrainConfig, device: torch.device | str = "cpu"):
-    """((train_x, train_y, val_x, val_y), model) of a run, on `device`; the model is freshly
-    initialised from `cfg.seed` (load a checkpoint's state_dict into it to restore one)."""
-    data = make_dataset(cfg.task.name, cfg.task.p)
-    train_idx, val_idx = split(data, cfg.train_fraction, cfg.split_seed)
-    splits = tuple(
-        tensor[idx].to(device)
-        for idx in (train_idx, val_idx)
-        for tensor in (data.inputs, data.labels)
-    )
-    torch.manual_seed(cfg.seed)
-    return splits, Transformer(data.vocab_size, data.n_classes, cfg.model).to(device)
 
 
 class Trainer:

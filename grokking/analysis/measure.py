@@ -15,10 +15,9 @@ import torch
 from sklearn.decomposition import PCA
 
 from grokking.analysis.collect import Results
-from grokking.config import from_dict
+from grokking.build import build
 from grokking.lar import LARProbe, k_lar, summary_from_spectra
 from grokking.rundir import CHECKPOINT_KINDS, RunDir
-from grokking.training import build
 
 log = logging.getLogger("grokking.analysis")
 
@@ -34,18 +33,16 @@ def pc95(activations: np.ndarray | torch.Tensor, threshold: float = 0.95) -> int
 
 def measure_checkpoint(run: RunDir, kind: str, threshold: float = 0.95, batch_size=2048) -> dict:
     """One checkpoint's measures: epoch, lar, k_lar, pc95, the spectral summary, p and q."""
-    cfg = from_dict(run.read_summary()["config"])
-    (train_x, *_), model = build(cfg)
-    checkpoint = run.load_checkpoint(kind)
-    model.load_state_dict(checkpoint["model"])
-    model.eval()
+    (train_x, *_), _ = build(run.config())
+    model = run.load_model(kind)
     probe = LARProbe(model.unembed, keep_gram=True, keep_inputs=True)
     with torch.no_grad():
         for chunk in train_x.split(batch_size):
             model(chunk)
     p, q, s = probe.spectra()
     lar_value = probe.value()
-    row = {"kind": kind, "epoch": checkpoint["epoch"]} | summary_from_spectra(p, q, s)
+    epoch = run.read_summary()[f"{kind}_epoch"]
+    row = {"kind": kind, "epoch": epoch} | summary_from_spectra(p, q, s)
     row |= {
         "lar": lar_value,
         "k_lar": k_lar(lar_value, model.unembed.in_features),
