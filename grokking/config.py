@@ -16,6 +16,12 @@ class LarLayers(enum.Enum):
     all = "all"  # every nn.Linear of the model
 
 
+class Precision(enum.Enum):
+    fp32 = "fp32"  # float32 everywhere
+    tf32 = "tf32"  # float32 storage, TensorFloat-32 matmuls (CUDA; the same as fp32 on a CPU)
+    bf16 = "bf16"  # bfloat16 autocast of the forward pass, float32 weights and optimizer
+
+
 @dataclass
 class TaskConfig:
     name: str = "add"
@@ -48,6 +54,8 @@ class TrainConfig:
     memorization_threshold: float = 0.99  # train accuracy that counts as memorized
     grokking_threshold: float = 0.99  # validation accuracy that counts as grokked
     lar_layers: LarLayers = LarLayers.all
+    precision: Precision = Precision.fp32  # LAR sums are float64 whatever this says
+    checkpoint_every: int = 0  # keep checkpoints/epoch_N.pt every N epochs; 0: off
     device: str = "auto"  # auto: cuda when available, else cpu
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
     sweep_name: Optional[str] = None  # noqa: UP045 — the sweep file that made this run
@@ -58,7 +66,7 @@ class TrainConfig:
 
 
 # Fields that change how fast a run goes but not what it computes: a resumed run may differ here.
-RUNTIME_FIELDS = ("device", "threads", "eval_batch_size")
+RUNTIME_FIELDS = ("device", "threads", "eval_batch_size", "checkpoint_every")
 
 
 _TASK_ERROR_FIELDS = {"task": "task", "p": "task.p", "train_fraction": "train_fraction"}
@@ -88,6 +96,10 @@ def validate(cfg: TrainConfig) -> None:
     for name in ("memorization_threshold", "grokking_threshold"):
         value = getattr(cfg, name)
         _require(0 < value <= 1, f"{name}: must lie in (0, 1], got {value}")
+    _require(
+        cfg.checkpoint_every >= 0,
+        f"checkpoint_every: must be ≥ 0 (0 = off), got {cfg.checkpoint_every}",
+    )
     _require(cfg.threads >= 0, f"threads: must be ≥ 0 (0 = torch's default), got {cfg.threads}")
     _require(
         cfg.device == "auto" or cfg.device.split(":")[0] in ("cpu", "cuda", "mps"),
@@ -120,6 +132,7 @@ def from_dict(stored: dict) -> TrainConfig:
     fields["model"] = ModelConfig(**stored["model"])
     fields["optim"] = OptimConfig(**stored["optim"])
     fields["lar_layers"] = LarLayers(stored["lar_layers"])
+    fields["precision"] = Precision(stored.get("precision", "fp32"))
     return TrainConfig(**fields)
 
 

@@ -25,12 +25,15 @@ def _rows(inputs: torch.Tensor) -> torch.Tensor:
     return inputs.reshape(-1, inputs.shape[-1]).double()
 
 
-def lar_from_sums(sum_y2: float, sum_x2: float, rows: int, weight: torch.Tensor) -> float:
-    """Eq. 1 from forward-pass sums of squares over `rows` input rows: Σy², Σx² and the weight."""
-    m, n = weight.shape
-    mean_w2 = weight.double().square().mean().item()
+def lar_from_sums(sum_y2, sum_x2, rows: int, weight: torch.Tensor):
+    """Eq. 1 from forward-pass sums of squares over `rows` input rows: Σy², Σx² and the weight.
+    A stack of R weights [R, m, n] with sums of shape [R] gives the R values at once (a float64
+    tensor, where the weights are); one weight [m, n] gives a float."""
+    m, n = weight.shape[-2:]
+    mean_w2 = weight.double().square().mean(dim=(-2, -1))
     ratio_sq = (sum_y2 / (rows * m)) / (mean_w2 * sum_x2 / (rows * n))
-    return 0.5 * math.log(ratio_sq) / math.log(n)
+    value = 0.5 * torch.log(ratio_sq) / math.log(n)
+    return value.item() if weight.dim() == 2 else value
 
 
 def lar(weight: torch.Tensor, inputs: torch.Tensor) -> float:

@@ -22,8 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError
 
 from grokking.config import ConfigError, TrainConfig, validate
+from grokking.record import check_same_config
 from grokking.rundir import COMPLETED, FAILED, find_runs
-from grokking.training import check_same_config
 
 
 def to_train_config(cfg: DictConfig) -> TrainConfig:

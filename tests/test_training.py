@@ -12,9 +12,10 @@ from conftest import TINY_OVERRIDES, run_cli, tiny_config
 from grokking.config import ConfigError, config_differences, to_dict
 from grokking.lar import lar
 from grokking.model import Transformer
+from grokking.record import Events, stop_reason
 from grokking.rundir import MATRIX_COLUMNS, METRIC_COLUMNS, RunDir
 from grokking.tasks import make_dataset, split
-from grokking.training import Events, stop_reason, train
+from grokking.training import train
 
 
 def events_of(sequence, **fields):
