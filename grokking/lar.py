@@ -36,7 +36,8 @@ def lar_from_sums(sum_y2: float, sum_x2: float, rows: int, weight: torch.Tensor)
 
 
 def lar(weight: torch.Tensor, inputs: torch.Tensor) -> float:
-    """Eq. 1: the LAR of `weight` [m, n] on `inputs` [..., n]."""
+    """Eq. 1: the LAR of `weight` [m, n] = [out, in] on `inputs` [..., n], the rows it multiplies
+    (y = x Wᵀ). A weight stored [in, out] (y = x W, as in GPT-2's Conv1D) goes in transposed."""
     x = _rows(inputs)
     y = x @ weight.double().T
     return lar_from_sums(y.square().sum().item(), x.square().sum().item(), len(x), weight)
