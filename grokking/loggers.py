@@ -18,7 +18,6 @@ from typing import Optional
 
 import pandas as pd
 
-from grokking.config import ConfigError
 from grokking.rundir import atomic_write
 
 # logger name -> the package it needs (None: nothing)
@@ -38,14 +37,16 @@ class LoggerConfig:
     mode: Optional[str] = None  # noqa: UP045 — W&B online | offline | disabled; None: WANDB_MODE
 
 
-def check(cfg: LoggerConfig) -> None:
-    """Raise ConfigError for a name or mode that is not allowed, or ImportError naming the pip
-    extra when the logger's package is missing; cheap, so it can run before any work."""
+def validate_logger(cfg: LoggerConfig) -> None:
+    """Refuse, before any work: a name or mode not allowed (ValueError whose message starts with
+    the field, like tasks.py's, for config.validate to pass on as a ConfigError: grokking.config
+    will import this module, so it cannot import that one), or a missing package (ImportError
+    naming the pip extra)."""
     if cfg.name not in PACKAGES:
-        raise ConfigError(f"logger.name: must be one of {', '.join(PACKAGES)}, got {cfg.name!r}")
+        raise ValueError(f"logger.name: must be one of {', '.join(PACKAGES)}, got {cfg.name!r}")
     if cfg.mode is not None and cfg.mode not in WANDB_MODES:
         allowed = ", ".join(WANDB_MODES)
-        raise ConfigError(f"logger.mode: must be null or one of {allowed}, got {cfg.mode!r}")
+        raise ValueError(f"logger.mode: must be null or one of {allowed}, got {cfg.mode!r}")
     package = PACKAGES[cfg.name]
     if package is not None and importlib.util.find_spec(package) is None:
         raise ImportError(
@@ -57,7 +58,7 @@ def check(cfg: LoggerConfig) -> None:
 def open_logger(cfg: LoggerConfig, run_dir: Path, run_name: str, config: dict) -> RunLogger:
     """The logger `cfg` names, writing under `run_dir`; `config` (a plain nested dict) is logged
     as the run's hyper-parameters."""
-    check(cfg)
+    validate_logger(cfg)
     if cfg.name == "tensorboard":
         return TensorBoardLogger(Path(run_dir) / TENSORBOARD_DIR, config)
     if cfg.name == "wandb":
