@@ -7,6 +7,7 @@ import enum
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
+from grokking.loggers import LoggerConfig, validate_logger
 from grokking.model import ModelConfig
 from grokking.tasks import check_task, make_dataset, train_size
 
@@ -59,6 +60,7 @@ class TrainConfig:
     device: str = "auto"  # auto: cuda when available, else cpu
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
     sweep_name: Optional[str] = None  # noqa: UP045 — the sweep file that made this run
+    logger: LoggerConfig = field(default_factory=LoggerConfig)  # TensorBoard, W&B or none
 
     def __post_init__(self):
         if self.split_seed is None:
@@ -66,7 +68,7 @@ class TrainConfig:
 
 
 # Fields that change how fast a run goes but not what it computes: a resumed run may differ here.
-RUNTIME_FIELDS = ("device", "threads", "eval_batch_size", "checkpoint_every")
+RUNTIME_FIELDS = ("device", "threads", "eval_batch_size", "checkpoint_every", "logger")
 
 
 _TASK_ERROR_FIELDS = {"task": "task", "p": "task.p", "train_fraction": "train_fraction"}
@@ -118,6 +120,10 @@ def validate(cfg: TrainConfig) -> None:
         value = getattr(cfg.optim, name)
         _require(0 <= value < 1, f"optim.{name}: must lie in [0, 1), got {value}")
     _require(cfg.optim.warmup_steps >= 0, "optim.warmup_steps: must be ≥ 0")
+    try:
+        validate_logger(cfg.logger)
+    except (ValueError, ImportError) as error:
+        raise ConfigError(str(error)) from None
 
 
 def to_dict(cfg: TrainConfig) -> dict:
@@ -131,6 +137,7 @@ def from_dict(stored: dict) -> TrainConfig:
     fields["task"] = TaskConfig(**stored["task"])
     fields["model"] = ModelConfig(**stored["model"])
     fields["optim"] = OptimConfig(**stored["optim"])
+    fields["logger"] = LoggerConfig(**stored.get("logger", {}))
     fields["lar_layers"] = LarLayers(stored["lar_layers"])
     fields["precision"] = Precision(stored.get("precision", "fp32"))
     return TrainConfig(**fields)
@@ -156,5 +163,5 @@ def config_differences(stored: dict, current: dict) -> list[str]:
     return [
         f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
         for key in sorted(old.keys() | new.keys())
-        if key not in RUNTIME_FIELDS and old.get(key) != new.get(key)
+        if key.split(".")[0] not in RUNTIME_FIELDS and old.get(key) != new.get(key)
     ]

@@ -14,6 +14,7 @@ import torch
 
 import grokking
 from grokking.config import ConfigError, TrainConfig, config_differences, to_dict
+from grokking.loggers import RunLogger, open_logger
 from grokking.model import matrix_role
 from grokking.rundir import COMPLETED, FAILED, INTERRUPTED, RUNNING, RunDir
 from grokking.tasks import make_dataset, train_size
@@ -92,6 +93,7 @@ class RunRecord:
         self._wall_before_s = 0.0  # training time of earlier processes
         self._started = time.perf_counter()
         self._file_log: logging.Logger | None = None
+        self._logger: RunLogger | None = None  # TensorBoard or W&B, opened at the first record
 
     # --- start ----------------------------------------------------------------------------------
     def completed(self) -> bool:
@@ -132,12 +134,18 @@ class RunRecord:
         row = {"epoch": self.epoch, "step": self.step, "wall_s": self.wall_s(), "lr": lr}
         row |= {key: value for key, value in result.items() if key != "matrix_lar"}
         self.metrics.append(row)
-        for name, value in result["matrix_lar"].items():
-            layer, role = matrix_role(name)
-            self.matrix_lar.append(
-                {"epoch": self.epoch, "step": self.step, "name": name, "layer": layer}
-                | {"role": role, "lar": value}
+        matrices = [
+            {"epoch": self.epoch, "step": self.step, "name": name}
+            | dict(zip(("layer", "role"), matrix_role(name), strict=True))
+            | {"lar": value}
+            for name, value in result["matrix_lar"].items()
+        ]
+        self.matrix_lar += matrices
+        if self._logger is None:
+            self._logger = open_logger(
+                self.cfg.logger, self.run_dir.path, self.label, to_dict(self.cfg)
             )
+        self._logger.log_evaluation(row, matrices)
         self.log(
             f"epoch {self.epoch}  train_acc {row['train_acc']:.3f}  val_acc {row['val_acc']:.3f}"
             f"  train_loss {row['train_loss']:.3g}  lar {row['lar']:.4f}",
@@ -257,6 +265,8 @@ class RunRecord:
             log.log(level, "%s: %s", self.label, message)
 
     def close(self) -> None:
+        if self._logger is not None:
+            self._logger.close()
         if self._file_log is not None:
             for handler in self._file_log.handlers:
                 handler.close()
