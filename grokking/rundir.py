@@ -12,16 +12,23 @@ through it: the format lives here and nowhere else.
         final.pt              same, at the last epoch trained
         last.pt               everything needed to resume (see training.py)
 
-Every write goes to a temporary file in the same folder and is renamed over the target, so a
-kill at any instant leaves each file either old or new, never half written.
+      .lock                   held (flock) by the one process that trains the run
+
+Every write goes to a temporary file `.NAME.*.tmp` in the same folder and is renamed over the
+target, so a kill at any instant leaves each file either old or new, never half written.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import socket
 import tempfile
+import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +40,8 @@ METRICS = "metrics.parquet"
 MATRIX_LAR = "matrix_lar.parquet"
 MEASURES = "checkpoint_measures.parquet"  # the analysis' cache (analysis/measure.py)
 CHECKPOINT_KINDS = ("memorization", "grokking", "final")
+LOCK = ".lock"
+TEMPORARY = ".*.tmp"  # what atomic_write leaves behind when it is killed mid-write
 
 # Statuses a run can have in summary.json.
 RUNNING, COMPLETED, FAILED, INTERRUPTED = "running", "completed", "failed", "interrupted"
@@ -62,6 +71,10 @@ METRIC_COLUMNS = [
 MATRIX_COLUMNS = ["epoch", "step", "name", "layer", "role", "lar"]
 
 
+class RunLocked(RuntimeError):
+    """Another process (or another `lock()` in this one) holds the run folder."""
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call `write(tmp)` on a temporary path beside `path`, then rename it over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -78,6 +91,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 class RunDir:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        self._lock_fd: int | None = None  # open while this object holds the run's lock
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
@@ -101,7 +115,64 @@ class RunDir:
         atomic_write(self.path / SUMMARY, lambda tmp: tmp.write_text(text))
 
     def status(self) -> str | None:
-        return self.read_summary().get("status") if self.exists() else None
+        """The summary's status, except that a run said to be running whose lock is free is
+        interrupted: its process is gone."""
+        if not self.exists():
+            return None
+        status = self.read_summary().get("status")
+        return INTERRUPTED if status == RUNNING and not self.is_locked() else status
+
+    # --- one process per run -------------------------------------------------------------
+    @contextmanager
+    def lock(self) -> Iterator[RunDir]:
+        """Hold the run folder (created if need be) for the whole `with` block; RunLocked at
+        once if another process, or another `lock()` in this one, holds it. The OS releases the
+        lock when the process ends, however it ends."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            if not _try_flock(fd, fcntl.LOCK_EX, patience_s=0.1):
+                raise RunLocked(
+                    f"{self.path} is in use by {_holder(fd)}: one process per run folder; wait "
+                    "for it to end or stop it"
+                )
+            holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": _now()}
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(holder).encode(), 0)
+            self._lock_fd = fd
+            try:
+                yield self
+            finally:
+                self._lock_fd = None
+                os.ftruncate(fd, 0)  # no stale holder for the next one to report
+        finally:
+            os.close(fd)  # releases the lock
+
+    def is_locked(self) -> bool:
+        """Whether a process holds the run folder; takes nothing and creates nothing."""
+        try:
+            fd = os.open(self.path / LOCK, os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            # a shared lock conflicts only with a holder's exclusive one; dropped at once
+            return not _try_flock(fd, fcntl.LOCK_SH, patience_s=0)
+        finally:
+            os.close(fd)
+
+    def clean_temporary_files(self) -> list[Path]:
+        """Remove what interrupted atomic writes left behind (`.NAME.*.tmp`, in the run folder
+        and checkpoints/); returns the paths removed. Only under the lock: without it, a file
+        could belong to a write still going on in another process."""
+        if self._lock_fd is None:
+            raise RuntimeError(
+                f"clean_temporary_files needs the lock of {self.path}: call it inside "
+                "`with run.lock():`"
+            )
+        leftovers = sorted([*self.path.glob(TEMPORARY), *self.checkpoint_dir.glob(TEMPORARY)])
+        for path in leftovers:
+            path.unlink()
+        return leftovers
 
     # --- tables --------------------------------------------------------------------------
     def write_metrics(self, rows: list[dict]) -> None:
@@ -152,6 +223,33 @@ class RunDir:
         _, model = build(self.config(), device)
         model.load_state_dict(self.load_checkpoint(kind, map_location=device)["model"])
         return model.eval()
+
+
+def _try_flock(fd: int, mode: int, patience_s: float) -> bool:
+    """Take the flock `mode` on `fd`, retrying for `patience_s`: lock() is patient for a moment
+    because is_locked() in another process may hold a shared lock for a few microseconds."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+
+
+def _holder(fd: int) -> str:
+    """Who holds the lock, as it wrote itself into the lock file."""
+    try:
+        holder = json.loads(os.pread(fd, 4096, 0))
+        return f"pid {holder['pid']} on {holder['host']} since {holder['since']}"
+    except (ValueError, KeyError, TypeError):
+        return "another process (not yet named in the lock file)"
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def find_runs(*roots: str | os.PathLike) -> Iterator[RunDir]:
