@@ -14,17 +14,21 @@ through it: the format lives here and nowhere else.
 
       .lock                   held (flock) by the one process that trains the run
 
-Every write goes to a temporary file `.NAME.*.tmp` in the same folder and is renamed over the
-target, so a kill at any instant leaves each file either old or new, never half written.
+Every write goes to a temporary file `.NAME.*.tmp` in the same folder, is synced to disk and
+renamed over the target, and the folder is synced: a kill or a power loss at any instant leaves
+each file either old or new, never half written or empty. A full disk raises `DiskFull` and
+leaves the old file.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
+import secrets
+import shutil
 import socket
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -75,17 +79,73 @@ class RunLocked(RuntimeError):
     """Another process (or another `lock()` in this one) holds the run folder."""
 
 
+class DiskFull(OSError):
+    """A write failed for lack of space; the file it was replacing is unchanged."""
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call `write(tmp)` on a temporary path beside `path`, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    """Call `write(tmp)` on a temporary path beside `path`, then rename it over `path`.
+
+    The file is synced before the rename and the folder after it, so that after a power loss
+    `path` holds the old or the new content, never an empty file. A lack of space raises
+    `DiskFull`; whatever fails, the temporary file is removed."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
-        write(Path(tmp))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # created by us rather than by mkstemp (0600), so that the umask decides who may read
+        # the results, as it does for every other file of the run
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        write(tmp)
+        _fsync(tmp)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as error:
+        full = _disk_full(error, path)  # measured while the partial file still takes its space
+        tmp.unlink(missing_ok=True)
+        if full is not None:
+            raise full from error
         raise
+    _fsync(path.parent)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# torch.save reports a failed write as a RuntimeError without its errno ("unexpected pos",
+# "iostream error"): one that stopped with less than this left free ran out of space
+ALMOST_FULL = 2**20  # bytes
+
+
+def _disk_full(error: BaseException, path: Path) -> DiskFull | None:
+    """`error` as a DiskFull if it comes from a lack of space, else None."""
+    if not isinstance(error, OSError | RuntimeError):
+        return None
+    folder = next(p for p in (path.parent, *path.parents) if p.exists())
+    usage = shutil.disk_usage(folder)
+    if isinstance(error, OSError) and error.errno != errno.ENOSPC:
+        return None
+    if isinstance(error, RuntimeError) and usage.free >= ALMOST_FULL:
+        return None
+    return DiskFull(
+        errno.ENOSPC,
+        f"the disk is full: could not write {path} ({_size(usage.free)} free of "
+        f"{_size(usage.total)}); its previous version, if any, is unchanged",
+    )
+
+
+def _size(n_bytes: int) -> str:
+    if n_bytes < 1024:
+        return f"{n_bytes} B"
+    size = n_bytes / 1024
+    for unit in ("KiB", "MiB", "GiB"):
+        if size < 1024:
+            return f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"
 
 
 class RunDir:

@@ -1,10 +1,13 @@
 """The run folder's guarantees: one process per folder, full disks, damaged checkpoints,
 leftovers of interrupted writes, durable renames and file modes."""
 
+import errno
 import json
 import os
+import pickle
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import textwrap
@@ -12,12 +15,15 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from grokking.rundir import (
     INTERRUPTED,
     RUNNING,
+    DiskFull,
     RunDir,
     RunLocked,
+    atomic_write,
 )
 
 
@@ -102,6 +108,74 @@ def test_the_lock_file_is_cleared_on_release(tmp_path):
     assert (tmp_path / ".lock").read_text() == ""
 
 
+# --- a full disk ---------------------------------------------------------------------------
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 1 MiB tmpfs: writes to it really run out of space."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
+    yield mount
+    # lazily: a failed write's traceback may still hold a file open on it
+    subprocess.run(["umount", "--lazy", str(mount)], check=True)
+
+
+TOO_BIG = 2**21  # bytes, twice the tiny disk
+WRITES = {
+    "summary.json": lambda run: run.write_summary({"notes": "x" * TOO_BIG}),
+    "metrics.parquet": lambda run: run.write_metrics(
+        [{"epoch": i, "lar": float(i)} for i in range(TOO_BIG // 16)]
+    ),
+    "checkpoints/last.pt": lambda run: run.save_checkpoint(
+        "last", {"model": {"w": torch.rand(TOO_BIG // 4)}, "epoch": 2}
+    ),
+}
+
+
+@pytest.mark.parametrize("name", WRITES)
+def test_a_full_disk_raises_disk_full_and_keeps_the_old_file(tiny_disk, name):
+    run = RunDir(tiny_disk / "run")
+    run.write_summary({"status": RUNNING})
+    run.write_metrics([{"epoch": 0, "lar": 0.5}])
+    run.save_checkpoint("last", {"model": {"w": torch.ones(3)}, "epoch": 1})
+    before = (run.path / name).read_bytes()
+
+    with pytest.raises(DiskFull) as full:
+        WRITES[name](run)
+    message = str(full.value)
+    assert "the disk is full" in message
+    assert str(run.path / name) in message
+    assert "B free of 1.0 MiB" in message
+    assert full.value.errno == errno.ENOSPC
+    assert (run.path / name).read_bytes() == before
+    assert temporary_files(run.path) == []
+    assert str(pickle.loads(pickle.dumps(full.value))) == message  # survives submitit's pickle
+
+
+def test_an_enospc_from_python_becomes_disk_full(tmp_path):
+    def fail(tmp: Path):
+        tmp.write_text("half")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with pytest.raises(DiskFull, match="the disk is full"):
+        atomic_write(tmp_path / "summary.json", fail)
+    assert os.listdir(tmp_path) == []
+
+
+def test_other_write_errors_pass_through(tmp_path):
+    def fail(tmp: Path):
+        raise RuntimeError("not about space")
+
+    with pytest.raises(RuntimeError, match="not about space") as error:
+        atomic_write(tmp_path / "summary.json", fail)
+    assert not isinstance(error.value, DiskFull)
+    assert os.listdir(tmp_path) == []
+
+
 # --- leftovers of interrupted writes -------------------------------------------------------
 def test_clean_temporary_files_removes_only_leftovers(tmp_path):
     run = RunDir(tmp_path / "run")
@@ -123,3 +197,45 @@ def test_clean_temporary_files_needs_the_lock(tmp_path):
     with pytest.raises(RuntimeError, match="with run.lock"):
         run.clean_temporary_files()
     assert temporary_files(tmp_path) == [".summary.json.k3j2.tmp"]
+
+
+# --- durable renames -----------------------------------------------------------------------
+def test_atomic_write_syncs_the_file_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
+    events = []
+    fsync, replace = os.fsync, os.replace
+
+    def spy_fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        fsync(fd)
+
+    def spy_replace(src, dst):
+        events.append(("replace", str(src), str(dst)))
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", spy_fsync)
+    monkeypatch.setattr(os, "replace", spy_replace)
+    target = tmp_path / "summary.json"
+    atomic_write(target, lambda tmp: tmp.write_text("{}"))
+
+    [(_, tmp, dst)] = [e for e in events if e[0] == "replace"]
+    assert dst == str(target)
+    assert events == [("fsync", tmp), ("replace", tmp, dst), ("fsync", str(tmp_path))]
+
+
+# --- file modes ----------------------------------------------------------------------------
+@pytest.fixture(params=[0o022, 0o002], ids=["umask022", "umask002"])
+def umask(request):
+    previous = os.umask(request.param)
+    yield request.param
+    os.umask(previous)
+
+
+def test_result_files_honour_the_umask(tmp_path, umask):
+    run = RunDir(tmp_path / "run")
+    with run.lock():
+        run.write_summary({"status": RUNNING})
+        run.write_metrics([{"epoch": 0, "lar": 0.5}])
+        run.save_checkpoint("last", {"epoch": 1})
+    files = ["summary.json", "metrics.parquet", "checkpoints/last.pt", ".lock"]
+    modes = {name: stat.S_IMODE((run.path / name).stat().st_mode) for name in files}
+    assert modes == dict.fromkeys(files, 0o666 & ~umask)
