@@ -17,7 +17,8 @@ through it: the format lives here and nowhere else.
 Every write goes to a temporary file `.NAME.*.tmp` in the same folder, is synced to disk and
 renamed over the target, and the folder is synced: a kill or a power loss at any instant leaves
 each file either old or new, never half written or empty. A full disk raises `DiskFull` and
-leaves the old file.
+leaves the old file. Checkpoints load with weights_only=True: a file that is damaged, or that
+holds anything but tensors and plain values, raises `DamagedCheckpoint` and runs no code.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import errno
 import fcntl
 import json
 import os
+import pickle
 import secrets
 import shutil
 import socket
@@ -81,6 +83,10 @@ class RunLocked(RuntimeError):
 
 class DiskFull(OSError):
     """A write failed for lack of space; the file it was replacing is unchanged."""
+
+
+class DamagedCheckpoint(RuntimeError):
+    """A checkpoint that cannot be loaded: truncated, corrupt, or not written by this project."""
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -265,9 +271,28 @@ class RunDir:
         return self.checkpoint_path(name).is_file()
 
     def load_checkpoint(self, name: str, map_location: str | torch.device = "cpu") -> dict:
-        # weights_only: a checkpoint holds tensors and plain Python values only, so a crafted
-        # file cannot run code when it is loaded (torch refuses anything else)
-        return torch.load(self.checkpoint_path(name), map_location=map_location, weights_only=True)
+        """The checkpoint `name`; DamagedCheckpoint if it cannot be read back."""
+        path = self.checkpoint_path(name)
+        try:
+            # weights_only: a checkpoint holds tensors and plain Python values only, so a
+            # crafted file cannot run code when it is loaded (torch refuses anything else)
+            return torch.load(path, map_location=map_location, weights_only=True)
+        except OSError:
+            raise  # missing or unreadable: about the file system, not the file's content
+        except Exception as error:
+            what = (
+                # what torch's safe unpickler refuses: anything but tensors and plain values
+                "is not a checkpoint this project wrote, or is corrupt (it asks for more than "
+                "tensors and plain values; refused, nothing in it ran)"
+                if isinstance(error, pickle.UnpicklingError)
+                else "is damaged (truncated or corrupt)"
+            )
+            todo = (
+                "move it aside to restart the run from scratch"
+                if name == "last"
+                else "move it aside; only training the run again remakes it"
+            )
+            raise DamagedCheckpoint(f"{path} {what}: {todo}") from error
 
     def config(self):
         """The run's TrainConfig, as stored in summary.json."""

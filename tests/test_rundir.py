@@ -20,6 +20,7 @@ import torch
 from grokking.rundir import (
     INTERRUPTED,
     RUNNING,
+    DamagedCheckpoint,
     DiskFull,
     RunDir,
     RunLocked,
@@ -174,6 +175,63 @@ def test_other_write_errors_pass_through(tmp_path):
         atomic_write(tmp_path / "summary.json", fail)
     assert not isinstance(error.value, DiskFull)
     assert os.listdir(tmp_path) == []
+
+
+# --- damaged checkpoints -------------------------------------------------------------------
+def truncated(data: bytes) -> bytes:
+    return data[: len(data) // 2]
+
+
+def zeroed_middle(data: bytes) -> bytes:
+    return data[:100] + bytes(200) + data[300:]
+
+
+@pytest.mark.parametrize("damage", [lambda data: b"", truncated, zeroed_middle])
+@pytest.mark.parametrize(
+    ("name", "advice"),
+    [("last", "to restart the run from scratch"), ("final", "training the run again")],
+)
+def test_a_damaged_checkpoint_says_which_file_and_what_to_do(tmp_path, damage, name, advice):
+    run = RunDir(tmp_path)
+    run.save_checkpoint(name, {"model": {"w": torch.rand(100)}, "epoch": 3})
+    path = run.checkpoint_path(name)
+    path.write_bytes(damage(path.read_bytes()))
+
+    with pytest.raises(DamagedCheckpoint) as damaged:
+        run.load_checkpoint(name)
+    message = str(damaged.value)
+    assert "\n" not in message
+    assert str(path) in message
+    assert "move it aside" in message and advice in message
+    assert isinstance(damaged.value, RuntimeError)
+
+
+class RunsCode:
+    """Unpickling this object would create `marker`."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_unrun(tmp_path):
+    run, marker = RunDir(tmp_path), tmp_path / "code_ran"
+    torch.save({"model": RunsCode(marker), "epoch": 1}, run.path / "crafted.pt")
+    run.checkpoint_dir.mkdir()
+    os.replace(run.path / "crafted.pt", run.checkpoint_path("last"))
+
+    with pytest.raises(DamagedCheckpoint, match="not a checkpoint this project wrote"):
+        run.load_checkpoint("last")
+    assert not marker.exists()
+    torch.load(run.checkpoint_path("last"), weights_only=False)  # the file really is armed
+    assert marker.exists()
+
+
+def test_a_missing_checkpoint_is_not_called_damaged(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        RunDir(tmp_path).load_checkpoint("last")
 
 
 # --- leftovers of interrupted writes -------------------------------------------------------
