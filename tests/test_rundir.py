@@ -5,6 +5,7 @@ import errno
 import json
 import os
 import pickle
+import shutil
 import signal
 import socket
 import stat
@@ -13,6 +14,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -129,7 +131,7 @@ TOO_BIG = 2**21  # bytes, twice the tiny disk
 WRITES = {
     "summary.json": lambda run: run.write_summary({"notes": "x" * TOO_BIG}),
     "metrics.parquet": lambda run: run.write_metrics(
-        [{"epoch": i, "lar": float(i)} for i in range(TOO_BIG // 16)]
+        [{"epoch": i, "lar": lar} for i, lar in enumerate(torch.rand(TOO_BIG // 8).tolist())]
     ),
     "checkpoints/last.pt": lambda run: run.save_checkpoint(
         "last", {"model": {"w": torch.rand(TOO_BIG // 4)}, "epoch": 2}
@@ -164,6 +166,21 @@ def test_an_enospc_from_python_becomes_disk_full(tmp_path):
 
     with pytest.raises(DiskFull, match="the disk is full"):
         atomic_write(tmp_path / "summary.json", fail)
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_torch_write_error_on_a_full_disk_becomes_disk_full(tmp_path, monkeypatch):
+    """What torch.save raises on a full disk (as on the tmpfs above, for machines that cannot
+    mount one): a RuntimeError without errno, while almost nothing is free."""
+
+    def fail(tmp: Path):
+        tmp.write_bytes(b"PK")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
+
+    almost_full = SimpleNamespace(total=2**30, used=2**30 - 4096, free=4096)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: almost_full)
+    with pytest.raises(DiskFull, match=r"write .*last\.pt \(4\.0 KiB free of 1\.0 GiB\)"):
+        atomic_write(tmp_path / "last.pt", fail)
     assert os.listdir(tmp_path) == []
 
 
