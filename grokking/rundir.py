@@ -11,7 +11,6 @@ through it: the format lives here and nowhere else.
         grokking.pt           same, when the run grokked
         final.pt              same, at the last epoch trained
         last.pt               everything needed to resume (see training.py)
-
       .lock                   held (flock) by the one process that trains the run
 
 Every write goes to a temporary file `.NAME.*.tmp` in the same folder, is synced to disk and
@@ -128,13 +127,11 @@ ALMOST_FULL = 2**20  # bytes
 
 def _disk_full(error: BaseException, path: Path) -> DiskFull | None:
     """`error` as a DiskFull if it comes from a lack of space, else None."""
-    if not isinstance(error, OSError | RuntimeError):
+    no_space = isinstance(error, OSError) and error.errno == errno.ENOSPC
+    if not (no_space or isinstance(error, RuntimeError)):
         return None
-    folder = next(p for p in (path.parent, *path.parents) if p.exists())
-    usage = shutil.disk_usage(folder)
-    if isinstance(error, OSError) and error.errno != errno.ENOSPC:
-        return None
-    if isinstance(error, RuntimeError) and usage.free >= ALMOST_FULL:
+    usage = shutil.disk_usage(next(folder for folder in path.parents if folder.exists()))
+    if not no_space and usage.free >= ALMOST_FULL:
         return None
     return DiskFull(
         errno.ENOSPC,
