@@ -212,7 +212,7 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path, uninterrupted):
     wait_for_epoch(run, 30, process)
     process.kill()
     process.wait()
-    assert run.status() == "running" and run.read_summary()["final_epoch"] < 150
+    assert run.status() == "interrupted" and run.read_summary()["final_epoch"] < 150
     resumed = run_cli(*LONG, "hydra.run.dir=run", cwd=tmp_path, check=True)
     assert "resuming" in resumed.stdout + resumed.stderr
     assert run.status() == "completed"
