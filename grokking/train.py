@@ -17,6 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from grokking.config import ConfigError, TrainConfig, validate
+from grokking.rundir import DamagedCheckpoint, DiskFull, RunLocked
 from grokking.sweep import default_threads, refuse, to_train_config
 from grokking.training import Interrupted, RunFailed, train
 
@@ -54,6 +55,8 @@ def main(cfg: DictConfig) -> None:
         refuse(str(error))
     except RunFailed as error:
         refuse(f"run failed: {error}", code=1)
+    except (RunLocked, DamagedCheckpoint, DiskFull) as error:  # each says what to do
+        refuse(str(error), code=1)
     except Interrupted as error:
         log.warning("%s; rerun the same command to resume", error)
         sys.exit(128 + error.signum)

@@ -20,6 +20,7 @@ TINY_OVERRIDES = [
     "eval_every=5",
     "max_epochs=20",
     "threads=1",
+    "save_every_s=0",  # a resume point at every evaluation, so tests can kill at any of them
 ]
 
 
@@ -33,6 +34,7 @@ def tiny_config(**fields) -> TrainConfig:
             "eval_every": 5,
             "max_epochs": 20,
             "threads": 1,
+            "save_every_s": 0,
         }
         | top
     )

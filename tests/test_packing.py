@@ -154,7 +154,13 @@ def test_bf16_trains_on_the_cpu_and_measures_lar_close_to_fp32():
 
 # --- through Hydra ---------------------------------------------------------------------------
 
-PACKED_SWEEP = ["+sweeps=smoke", "hydra/launcher=packed", "max_epochs=60", "threads=1"]
+PACKED_SWEEP = [
+    "+sweeps=smoke",
+    "hydra/launcher=packed",
+    "max_epochs=60",
+    "threads=1",
+    "save_every_s=0",
+]
 
 
 @pytest.fixture(scope="module")
