@@ -122,6 +122,8 @@ class RunRecord:
             return None
         saved = self.run_dir.load_checkpoint("last")
         _refuse_other_config(saved["config"], self.cfg, self.run_dir.checkpoint_path("last"))
+        if saved["step"] == 0:  # saved at initialisation: starting afresh redoes it exactly
+            return None
         self.epoch, self.step = saved["epoch"], saved["step"]
         self._wall_before_s = saved["wall_s"]
         self.events = Events(**saved["events"])

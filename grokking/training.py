@@ -163,13 +163,15 @@ def _evaluate(engine: Engine, due: list[RunRecord], pack: list[RunRecord] | None
     pack = pack or due
     results = engine.evaluate()
     lr = engine.lr_at(engine.step)
+    # the members save together, so after a kill they resume at one step, as one pack again
+    save_now = any(record.save_due() for record in due)
     saves = []
     for record in due:
         index = pack.index(record)
         reason = record.record(results[index], lr, lambda i=index: engine.model_state(i))
         if reason:
             record.finish(reason, engine.member_state(index))
-        elif record.save_due() or record.epoch == 0:
+        elif save_now:
             saves.append((record, engine.member_state(index)))
     with ThreadPoolExecutor(max_workers=8) as pool:  # the writes wait on the disk, not the CPU
         list(pool.map(lambda save: save[0].save_last(save[1]), saves))

@@ -7,7 +7,7 @@ import time
 import pandas as pd
 import pytest
 import torch
-from conftest import TINY_OVERRIDES, run_cli, tiny_config
+from conftest import REPO, TINY_OVERRIDES, run_cli, tiny_config
 
 from grokking.config import ConfigError, config_differences, to_dict
 from grokking.lar import lar
@@ -405,3 +405,22 @@ def test_a_tensorboard_logger_receives_every_evaluation(tmp_path):
     assert sorted(logged) == metrics["epoch"].tolist()
     assert logged[10] == pytest.approx(metrics["lar"].iloc[-1], rel=1e-6)
     assert len(events.Scalars("matrix_lar/blocks.1.mlp.fc_out")) == len(metrics)
+
+
+def test_train_from_a_notebook_shows_a_bar_and_the_log(tmp_path):
+    import nbformat
+    from nbclient import NotebookClient
+
+    code = (
+        "import sys; sys.path.insert(0, {tests!r})\n"
+        "from conftest import tiny_config\n"
+        "from grokking.training import train\n"
+        "summary = train(tiny_config(max_epochs=10), {run!r})"
+    ).format(tests=str(REPO / "tests"), run=str(tmp_path / "run"))
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
+    NotebookClient(notebook, timeout=120, kernel_name="python3").execute()
+    shown = "".join(
+        output.get("text", "") + str(output.get("data", "")) for output in notebook.cells[0].outputs
+    )
+    assert "run: stopping at epoch 10" in shown  # the log reaches the notebook
+    assert "10/10" in shown  # and so does the progress bar
