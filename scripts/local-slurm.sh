@@ -43,12 +43,14 @@ die() {
 
 wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
   local seconds=$1 what=$2
+  local deadline=$((SECONDS + seconds))
   shift 2
-  for _ in $(seq $((seconds * 10))); do
-    "$@" >/dev/null 2>&1 && return 0
+  until "$@" >/dev/null 2>&1; do
+    if [ $SECONDS -ge $deadline ]; then
+      die "$what did not come up within ${seconds}s (logs in $PRIVATE/log and $DB)"
+    fi
     sleep 0.1
   done
-  die "$what did not come up within ${seconds}s (logs in $PRIVATE/log and $DB)"
 }
 
 install_packages() {
@@ -88,11 +90,12 @@ write_file() { # write_file MODE PATH < CONTENT: readable by others only once co
 
 # A PID alone may belong to another process by now (PIDs are reused, and $STATE survives reboots):
 # a process is recorded and recognised by its PID and its start time.
-identity() { # identity PID -> "PID START_TIME", or fails if no such process
+identity() { # identity PID -> "PID START_TIME", or fails if no such process runs (zombies don't)
   local stat fields
   stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-  read -ra fields <<<"${stat##*) }" # fields after "(comm) ", which may hold spaces
-  echo "$1 ${fields[19]}"           # field 22 of proc(5)
+  read -ra fields <<<"${stat##*) }" # fields 3... of proc(5), after "(comm) ", which may hold spaces
+  [ "${fields[0]}" != Z ] || return 1
+  echo "$1 ${fields[19]}" # field 22: start time
 }
 
 record() { # record NAME PID
@@ -185,8 +188,10 @@ check_records() { # the folders stop and status trust for what this script start
   check_dir root 700 "$STARTED"
 }
 
+munge_answers() { munge -n </dev/null >/dev/null 2>&1; }
+
 start_munge() {
-  if pgrep -x munged >/dev/null; then return; fi
+  if alive munged || munge_answers; then return; fi
   # the system's munged (clients of any user reach its socket); the key is a secret from birth
   [ -f /etc/munge/munge.key ] || (umask 077 && mungekey --create)
   chown munge:munge /etc/munge/munge.key
@@ -280,13 +285,13 @@ status() {
   for name in munged mariadb slurmdbd slurmctld slurmd; do
     if alive "$name"; then
       echo "$name: running ($(cut -d' ' -f1 "$STARTED/$name"))"
-    elif [ "$name" = munged ] && pgrep -x munged >/dev/null; then
+    elif [ "$name" = munged ] && munge_answers; then
       echo "munged: running (not started by this script)"
     else
       echo "$name: stopped"
     fi
   done
-  sinfo 2>/dev/null || true
+  if alive slurmctld; then sinfo; fi # without it, sinfo would wait for its timeout
 }
 
 print_env() { echo "export SLURM_CONF=$SLURM_CONF"; }
