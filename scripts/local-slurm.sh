@@ -106,10 +106,13 @@ alive() { # alive NAME: the process this script recorded under NAME still runs
   [ -f "$STARTED/$1" ] && [ "$(identity "$(cut -d' ' -f1 "$STARTED/$1")")" = "$(cat "$STARTED/$1")" ]
 }
 
-port_free() { # port_free PORT: fail clearly rather than let a daemon die on a taken port
-  local user
-  user=$(ss -Hltnp "sport = :$1")
-  [ -z "$user" ] || die "port $1 is taken (an older cluster?): $user"
+check_ports() { # a taken port would kill a daemon midway, with a less clear message
+  local pair taken
+  for pair in slurmdbd:$DBD_PORT slurmctld:$CTLD_PORT slurmd:$SLURMD_PORT; do
+    if alive "${pair%%:*}"; then continue; fi
+    taken=$(ss -Hltnp "sport = :${pair#*:}" | tr -s ' ')
+    [ -z "$taken" ] || die "port ${pair#*:} is taken (an older cluster?): $taken"
+  done
 }
 
 db_password() { # generated once, kept in the private folder
@@ -228,11 +231,10 @@ EOF
 
 # With NoInAddrAny a daemon binds to what its host name resolves to; in a UTS namespace of its
 # own that name is localhost, so it listens on 127.0.0.1 whatever this machine is called.
-start_daemon() { # start_daemon NAME PORT PIDFILE COMMAND...
-  local name=$1 port=$2 pidfile=$3
-  shift 3
+start_daemon() { # start_daemon NAME PIDFILE COMMAND...
+  local name=$1 pidfile=$2
+  shift 2
   if alive "$name"; then return; fi
-  port_free "$port"
   rm -f "$pidfile"
   unshare --uts sh -c 'hostname localhost && exec "$@"' sh "$@"
   wait_for 30 "$name" test -s "$pidfile"
@@ -243,18 +245,19 @@ start() {
   make_dirs
   install_packages
   ensure_dir mysql 700 "$DB"
+  check_ports
   write_configs
   start_munge
   start_mariadb
   # the client library finds the database's socket through MYSQL_UNIX_PORT
-  start_daemon slurmdbd $DBD_PORT "$PRIVATE/slurmdbd.pid" \
+  start_daemon slurmdbd "$PRIVATE/slurmdbd.pid" \
     env MYSQL_UNIX_PORT="$DB_SOCKET" slurmdbd
   wait_for 30 slurmdbd sacctmgr -n list cluster
   if ! sacctmgr -n list cluster format=cluster | grep -qw grokking; then
     sacctmgr -i add cluster grokking >/dev/null
   fi
-  start_daemon slurmctld $CTLD_PORT "$PRIVATE/slurmctld.pid" slurmctld
-  start_daemon slurmd $SLURMD_PORT "$PRIVATE/slurmd.pid" slurmd -N localhost
+  start_daemon slurmctld "$PRIVATE/slurmctld.pid" slurmctld
+  start_daemon slurmd "$PRIVATE/slurmd.pid" slurmd -N localhost
   wait_for 60 "the node" bash -c "sinfo -h -N -o %t | grep -qE '^(idle|mix|alloc)'"
   log "up: $(sinfo -h -o '%P %D %t %c cpus')"
   print_env

@@ -4,6 +4,7 @@ import os
 import pwd
 import re
 import signal
+import socket
 import stat
 import subprocess
 from collections import defaultdict
@@ -96,18 +97,21 @@ def test_the_database_password_is_generated_and_used(slurm_cluster):
 
 @pytest.mark.slow
 def test_the_cluster_reads_its_own_config_and_leaves_etc_slurm_alone(slurm_cluster):
-    etc_conf = Path("/etc/slurm/slurm.conf")
-    planted = not etc_conf.exists()
+    etc = Path("/etc/slurm")
+    planted = [path for path in (etc, etc / "slurm.conf") if not path.exists()]
     if planted:  # another SLURM's config, which the old script refused to start beside
-        etc_conf.parent.mkdir(exist_ok=True)
-        etc_conf.write_text("ClusterName=someone-else\n")
-    before = etc_conf.read_bytes(), etc_conf.stat().st_mtime_ns
+        etc.mkdir(exist_ok=True)
+        (etc / "slurm.conf").write_text("ClusterName=someone-else\n")
+    before = (etc / "slurm.conf").read_bytes(), (etc / "slurm.conf").stat().st_mtime_ns
     try:
         result = local_slurm("start")
-        after = etc_conf.read_bytes(), etc_conf.stat().st_mtime_ns
+        after = (etc / "slurm.conf").read_bytes(), (etc / "slurm.conf").stat().st_mtime_ns
     finally:
-        if planted:
-            etc_conf.unlink()
+        for path in reversed(planted):  # the file, then the folder if it was not there
+            if path.is_dir():
+                path.rmdir()
+            else:
+                path.unlink()
     assert result.returncode == 0, result.stderr
     assert after == before
     config = subprocess.run(
@@ -115,6 +119,10 @@ def test_the_cluster_reads_its_own_config_and_leaves_etc_slurm_alone(slurm_clust
     ).stdout
     assert re.search(rf"^SLURM_CONF\s+= {re.escape(os.environ['SLURM_CONF'])}$", config, re.M)
     assert re.search(r"^ClusterName\s+= grokking$", config, re.M)
+
+
+def stopped(status: str) -> set[str]:
+    return {line.removesuffix(": stopped") for line in status.splitlines()} & set(DAEMONS)
 
 
 @pytest.mark.slow
@@ -126,15 +134,29 @@ def test_start_is_idempotent_and_stop_stops_every_daemon(slurm_cluster):
     assert again.returncode == 0 and again.stdout.splitlines()[-1] == export
     assert local_slurm("status").stdout == status  # the same processes, nothing restarted
     assert local_slurm("env").stdout == export + "\n"
-
-    assert local_slurm("stop").returncode == 0
-    stopped = local_slurm("status").stdout
-    assert all(f"{name}: stopped" in stopped.splitlines() for name in DAEMONS)
-    assert not set(LISTENS_ON) & set(tcp_listeners())
-
-    restarted = local_slurm("start")  # the tests after this one need the cluster
+    try:
+        assert local_slurm("stop").returncode == 0
+        assert stopped(local_slurm("status").stdout) == set(DAEMONS)
+        assert not set(LISTENS_ON) & set(tcp_listeners())
+    finally:
+        restarted = local_slurm("start")  # the tests after this one need the cluster
     assert restarted.returncode == 0, restarted.stderr
     assert all(name in tcp_listeners() for name in LISTENS_ON)
+
+
+@pytest.mark.slow
+def test_a_taken_port_stops_start_before_it_starts_anything(slurm_cluster):
+    assert local_slurm("stop").returncode == 0
+    try:
+        with socket.create_server(("0.0.0.0", 6817)):  # as a cluster of the old script would
+            result = local_slurm("start")
+            status = local_slurm("status").stdout
+    finally:
+        restarted = local_slurm("start")
+    assert result.returncode == 1
+    assert "local-slurm: error: port 6817 is taken (an older cluster?): LISTEN" in result.stderr
+    assert {"mariadb", "slurmdbd", "slurmctld", "slurmd"} <= stopped(status)
+    assert restarted.returncode == 0, restarted.stderr
 
 
 def make_folders(state: Path, state_mode=0o755, private_mode=0o700) -> None:
