@@ -10,7 +10,7 @@ import torch
 from conftest import REPO, run_cli
 
 from grokking.analysis import collect, measure_run, pc95, table1
-from grokking.analysis.tables import table1_wide
+from grokking.analysis.tables import table1_wide, write_table
 from grokking.rundir import RunDir
 
 
@@ -46,6 +46,7 @@ def hand_built():
         {
             "run": ["a", "b", "c", "d"],
             "group": ["table1_ops", "table1_ops", "table1_ops", "mine"],
+            "setting": ["", "", "", ""],
             "grokked": [True, True, False, True],
         }
     )
@@ -81,6 +82,24 @@ def test_table1_rmse_on_hand_built_runs():
     wide = table1_wide(table1(measures, runs))
     assert list(wide.index) == [ops, "mine"]
     assert wide.loc[ops, "Grokked"] == "1.41 (n=2)" and wide.loc["mine", "Memorized"] == "–"
+
+
+def test_written_tables_have_no_row_numbers_or_stray_headers(tmp_path):
+    runs, measures = hand_built()
+    wide = table1_wide(table1(measures, runs))
+    write_table(wide, tmp_path, "table1")
+    write_table(wide.reset_index(names="group"), tmp_path, "per_task")
+    tex = (tmp_path / "table1.tex").read_text().splitlines()
+    assert tex[2].split("&")[1:] == [
+        " Memorized ",
+        " Grokked ",
+        " Final (grokked) ",
+        " Final (no grok) \\\\",
+    ]
+    assert not any(line.startswith("column") for line in tex)
+    assert tex[4].startswith("12 binary operations & ")  # the groups stay: they name the rows
+    per_task = (tmp_path / "per_task.md").read_text().splitlines()
+    assert per_task[0].startswith("| group ") and per_task[2].startswith("| 12 binary operations ")
 
 
 # --- the command on real sweeps ---------------------------------------------------------------
@@ -173,10 +192,10 @@ def test_broken_and_running_runs_are_reported_and_left_out(smoke_sweep, tmp_path
         str(copy), "--out", str(tmp_path / "out"), cwd=tmp_path, module="grokking.analyze"
     )
     assert result.returncode == 0, result.stderr
-    assert "warning: skipping smoke/seed=0,task=add: " in result.stderr
-    assert "warning: smoke/seed=1,task=sub is running; left out of the tables" in result.stderr
-    left_out = "in progress, left out: smoke/seed=1,task=sub; skipped: smoke/seed=0,task=add"
-    assert f"2 runs analysed; {left_out}" in result.stdout
+    assert "warning: skipping smoke/seed=0,task=add: ArrowInvalid: " in result.stderr
+    assert "warning: smoke/seed=1,task=sub is in progress; left out" in result.stderr
+    left_out = "in progress: smoke/seed=1,task=sub; skipped: smoke/seed=0,task=add (ArrowInvalid: "
+    assert f"2 runs analysed; left out: {left_out}" in result.stdout
     assert len(collect(copy).runs) == 2
 
 

@@ -96,7 +96,8 @@ def figure1(runs: pd.DataFrame, metrics: pd.DataFrame, group: str):
     if not panels:
         return None
     ncols = min(4, len(panels))
-    fig, axes = _grid(len(panels), ncols=ncols, size=(4.0, 2.8))
+    # constrained layout makes room for the twin axes' tick labels, which tight_layout ignores
+    fig, axes = _grid(len(panels), ncols=ncols, size=(4.0, 2.8), layout="constrained")
     for i, (ax, (condition, panel_runs)) in enumerate(zip(axes, panels, strict=False)):
         data = metrics[metrics["run"].isin(panel_runs["run"])]
         limit = _x_limit(panel_runs)
@@ -113,7 +114,6 @@ def figure1(runs: pd.DataFrame, metrics: pd.DataFrame, group: str):
         ax.set_xlim(0, limit)
         ax.set_title(_panel_title(condition, len(panel_runs)), fontsize=9)
     fig.suptitle(f"Figure 1 — {group_title(group)}: LAR and validation accuracy")
-    fig.tight_layout()
     curves = [
         Line2D([], [], color="C0", label="LAR, mean over seeds (band: range)"),
         Line2D([], [], color="C1", label="validation accuracy"),
