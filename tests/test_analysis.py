@@ -207,7 +207,13 @@ def test_a_folder_without_runs_is_a_clear_error(tmp_path):
     assert missing.returncode == 2 and "DIR: no such directory" in missing.stderr
 
 
-@pytest.mark.parametrize("name", ["table1", "figures"])
+# Images each notebook shows on the smoke sweep, each once. figures: Figure 1, curves, Figure 2,
+# Figure 3, ranks, matrices (no Figure 9: the smoke runs are not evaluated every epoch).
+# one_run: curves, p and q, matrices.
+NOTEBOOK_IMAGES = {"table1": 0, "figures": 6, "one_run": 3}
+
+
+@pytest.mark.parametrize("name", sorted(NOTEBOOK_IMAGES))
 def test_notebooks_execute_on_the_smoke_sweep(analysed, name, monkeypatch, tmp_path):
     cwd, _ = analysed
     monkeypatch.setenv("GROKKING_RESULTS", str(cwd / "outputs" / "sweeps" / "smoke"))
@@ -218,6 +224,10 @@ def test_notebooks_execute_on_the_smoke_sweep(analysed, name, monkeypatch, tmp_p
     assert not [o for o in outputs if o.output_type == "error"]
     if name == "table1":
         assert any("Final (grokked)" in str(o.get("data", {})) for o in outputs)
-    else:
-        images = [o for o in outputs if "image/png" in o.get("data", {})]
-        assert len(images) >= 5
+    images = [o["data"]["image/png"] for o in outputs if "image/png" in o.get("data", {})]
+    assert len(images) == NOTEBOOK_IMAGES[name]
+    assert len(set(images)) == len(images)  # no figure shown twice
+
+
+def test_every_notebook_is_tested():
+    assert {path.stem for path in (REPO / "notebooks").glob("*.py")} == set(NOTEBOOK_IMAGES)
