@@ -129,7 +129,8 @@ FILES = [
     *[
         f"{figure}.{suffix}"
         for figure in ["figure1_smoke", "figure1_single_runs", "figure2", "figure3", "figure9"]
-        + ["ranks_smoke", "matrices_smoke", "matrices_single_runs"]
+        + ["curves_smoke", "curves_single_runs", "ranks_smoke", "matrices_smoke"]
+        + ["matrices_single_runs"]
         for suffix in ("png", "pdf")
     ],
 ]
