@@ -150,3 +150,30 @@ def test_figure3_gives_each_kind_a_marker_and_lets_hidden_points_show_through():
     assert len(shapes) == 3  # memorization, grokking and final: three markers
     assert {"memorization", "grokking", "final", "y = x"} <= legend_texts(fig)
     plt.close(fig)
+
+
+def test_curves_show_accuracy_and_loss_on_a_log_epoch_axis_beside_lar(smoke):
+    fig = figures.figure_curves(smoke.runs, smoke.metrics, "smoke")
+    rows = np.array(fig.axes).reshape(-1, 3)
+    assert len(rows) == smoke.runs["condition"].nunique()
+    for accuracy, loss, lar in rows:
+        assert {ax.get_xscale() for ax in (accuracy, loss, lar)} == {"log"}
+        assert [ax.get_ylabel() for ax in (accuracy, loss, lar)] == [
+            "accuracy",
+            "loss",
+            "LAR (unembedding)",
+        ]
+        # train and validation, each from epoch 10 on (epoch 0 has no place on a log axis)
+        curves = [line for line in accuracy.get_lines() if len(line.get_xdata()) > 2]
+        assert len(curves) == 2 and min(curves[0].get_xdata()) == 10
+    assert {"train", "validation", "LAR"} <= legend_texts(fig)
+    plt.close(fig)
+
+
+def test_figure9_minor_tick_labels_stay_off_the_log_axis(smoke):
+    # figure 9 draws runs evaluated every epoch; batch fractions within one decade (0.12-0.9)
+    dense = smoke.runs.assign(eval_every=1, batch_size=[25, 50, 100, 180])
+    fig = figures.figure9(dense, smoke.metrics)
+    fig.canvas.draw()
+    assert not [t for t in fig.axes[1].get_xticklabels(minor=True) if t.get_text()]
+    plt.close(fig)

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.lines import Line2D
-from matplotlib.ticker import NullFormatter
+from matplotlib.ticker import LogFormatter, NullFormatter
 
 from grokking.analysis.conditions import seeds_label
 from grokking.analysis.tables import group_title
@@ -59,11 +59,13 @@ def _event_lines(ax, runs: pd.DataFrame, colors=EVENT_COLORS, styles=("--", "--"
             ax.axvline(epochs.mean(), color=color, linestyle=style, linewidth=1)
 
 
-def _event_handles(colors=EVENT_COLORS, styles=("--", "--")) -> list[Line2D]:
-    """Legend entries for `_event_lines`."""
+def _event_handles(runs: pd.DataFrame, colors=EVENT_COLORS, styles=("--", "--")) -> list[Line2D]:
+    """Legend entries for the event lines `_event_lines` draws for `runs` (none for an event
+    no run reached)."""
     return [
         Line2D([], [], color=color, linestyle=style, linewidth=1, label=f"{name} (mean epoch)")
-        for name, color, style in zip(EVENTS.values(), colors, styles, strict=True)
+        for (column, name), color, style in zip(EVENTS.items(), colors, styles, strict=True)
+        if runs[column].notna().any()
     ]
 
 
@@ -118,7 +120,7 @@ def figure1(runs: pd.DataFrame, metrics: pd.DataFrame, group: str):
         Line2D([], [], color="C0", label="LAR, mean over seeds (band: range)"),
         Line2D([], [], color="C1", label="validation accuracy"),
     ]
-    _legend_below(fig, curves + _event_handles())
+    _legend_below(fig, curves + _event_handles(runs[runs["group"] == group]))
     return fig
 
 
@@ -151,12 +153,19 @@ def figure_curves(runs: pd.DataFrame, metrics: pd.DataFrame, title: str):
             _event_lines(ax, row_runs)
             ax.set(xscale="log", yscale="log" if log_y else "linear", ylabel=name)
             ax.set_title(_panel_title(condition, len(row_runs)), fontsize=9)
+            # plain numbers ("300", "2"): on a log axis spanning less than a decade the default
+            # labels read 3×10⁰ and run into each other
+            for axis in (ax.xaxis, ax.yaxis) if log_y else (ax.xaxis,):
+                axis.set_major_formatter(LogFormatter())
+                axis.set_minor_formatter(LogFormatter(labelOnlyBase=False))
+        row_axes[0].set_ylim(-0.02, 1.02)  # accuracy
     fig.suptitle(title)
     fig.tight_layout()
     split = [
         Line2D([], [], color=color, label=label) for _, label, color in CURVE_PANELS["loss"][1]
     ]
-    _legend_below(fig, split + [Line2D([], [], color="C2", label="LAR")] + _event_handles())
+    lar = Line2D([], [], color="C2", label="LAR")
+    _legend_below(fig, split + [lar] + _event_handles(runs))
     return fig
 
 
@@ -280,12 +289,13 @@ def figure9(
     minima["ratio"] = minima["batch_size"] / minima["n_train"]
     minima["p"] = minima["p"].map(lambda p: f"p={p}")  # categories: one distinct colour each
     sns.scatterplot(data=minima, x="ratio", y="min_lar", hue="p", style="train_fraction", ax=right)
-    right.xaxis.set_minor_formatter(NullFormatter())  # log-axis minor labels overlap
     right.set(
         xscale="log",
         xlabel="batch size / training-set size",
         ylabel=f"min LAR, epochs 0-{min_epochs}",
     )
+    # log-axis minor labels overlap (set after the scale, which resets the formatters)
+    right.xaxis.set_minor_formatter(NullFormatter())
     right.set_title("(b) the early LAR dip against batch fraction")
     fig.suptitle("Figure 9 — batch size and the early LAR dip")
     fig.tight_layout()
@@ -306,9 +316,9 @@ def _events_by_condition(ax, runs: pd.DataFrame, palette: dict) -> None:
         _event_lines(ax, events, (color, color), EVENT_STYLES)
 
 
-def _condition_legend(fig, palette: dict) -> None:
+def _condition_legend(fig, runs: pd.DataFrame, palette: dict) -> None:
     handles = [Line2D([], [], color=color, label=name) for name, color in palette.items()]
-    events = _event_handles(("black", "black"), EVENT_STYLES)
+    events = _event_handles(runs, ("black", "black"), EVENT_STYLES)
     _legend_below(fig, handles + events, ncol=min(4, len(handles) + 2))
 
 
@@ -336,7 +346,7 @@ def figure_ranks(runs: pd.DataFrame, metrics: pd.DataFrame, group: str):
         _events_by_condition(ax, in_group, palette)
     fig.suptitle(f"LAR, stable rank and effective rank — {group_title(group)}")
     fig.tight_layout()
-    _condition_legend(fig, palette)
+    _condition_legend(fig, in_group, palette)
     return fig
 
 
@@ -374,5 +384,5 @@ def figure_matrices(runs: pd.DataFrame, matrix_lar: pd.DataFrame, group: str):
         ax.set_title(panel, fontsize=9)
     fig.suptitle(f"LAR of every dense matrix — {group_title(group)}")
     fig.tight_layout()
-    _condition_legend(fig, palette)
+    _condition_legend(fig, in_group, palette)
     return fig
