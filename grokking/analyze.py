@@ -32,6 +32,10 @@ from grokking.analysis.tables import (  # noqa: E402
 log = logging.getLogger("grokking.analysis")
 
 
+class OutputError(Exception):
+    """The output folder cannot be written."""
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m grokking.analyze", description=__doc__.split("\n\n")[0]
@@ -59,7 +63,12 @@ def analyze(dirs: list[Path], out: Path, pca_threshold: float = 0.95, figure2_ru
     results.require_runs(dirs)
     measures = measure_all(results, pca_threshold)
     results.require_runs(dirs)
-    out.mkdir(parents=True, exist_ok=True)
+    try:  # beside a colleague's read-only results, the default folder cannot be made
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputError(
+            f"--out: cannot create {out} ({error.strerror}); choose another"
+        ) from None
     written = {}
     for name, frame in (
         ("runs", results.runs),
@@ -115,7 +124,7 @@ def main(argv=None) -> None:
     out = args.out or args.dirs[0].parent / f"{args.dirs[0].name}-analysis"
     try:
         analyze(args.dirs, out, args.pca_threshold, args.figure2_runs)
-    except (FileNotFoundError, NothingToAnalyse) as error:
+    except (FileNotFoundError, NothingToAnalyse, OutputError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
 

@@ -200,3 +200,14 @@ def test_interrupted_runs_are_reported_as_interrupted(smoke_copy, tmp_path, caps
     analyze([smoke_copy], tmp_path / "out")
     left_out = f"left out: interrupted: smoke/{ADD0}; in progress: smoke/{SUB1}"
     assert f"2 runs analysed; {left_out}\n" in capsys.readouterr().out
+
+
+def test_an_output_folder_that_cannot_be_made_is_a_clear_error(smoke_copy, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    out = blocker / "analysis"
+    result = run_cli(str(smoke_copy), "--out", str(out), cwd=tmp_path, module="grokking.analyze")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: --out: cannot create {out} (Not a directory); choose another"
+    )
