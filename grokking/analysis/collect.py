@@ -99,9 +99,10 @@ def collect(*dirs: str | Path) -> Results:
             name = f"{root.name}/{run_dir.path.relative_to(root)}".rstrip("/.")
             try:
                 summary = run_dir.read_summary()
-                if run_dir.status() != COMPLETED:
-                    not_completed.append((name, run_dir.status()))
-                    log.warning("%s is %s; left out", name, status_word(run_dir.status()))
+                status = run_dir.status()  # the trainer's word, "interrupted" for a dead run
+                if status != COMPLETED:
+                    not_completed.append((name, status))
+                    log.warning("%s is %s; left out", name, status_word(status))
                     continue
                 _require_checkpoints(run_dir, summary)
                 run_metrics = run_dir.read_metrics().assign(run=name)
