@@ -4,7 +4,8 @@ figures from every run under the given directories.
 Writes into `--out` (default: `<first DIR>-analysis`, beside it) and prints where:
   runs.parquet, metrics.parquet, matrix_lar.parquet, checkpoint_measures.parquet  (for notebooks)
   table1.{md,tex,csv}, per_task.{md,tex,csv}
-  figure1_<group>, figure2, figure3, figure9, ranks_<group>, matrices_<group>  (.png and .pdf)
+  figure1_<group>, curves_<group>, figure2, figure3, figure9, ranks_<group>, matrices_<group>
+  (.png and .pdf)
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # the command writes files; it never needs a display
 from grokking.analysis import figures  # noqa: E402
-from grokking.analysis.collect import collect  # noqa: E402
+from grokking.analysis.collect import NothingToAnalyse, collect  # noqa: E402
 from grokking.analysis.measure import measure_all  # noqa: E402
 from grokking.analysis.tables import (  # noqa: E402
     per_task_display,
@@ -29,6 +30,10 @@ from grokking.analysis.tables import (  # noqa: E402
 )
 
 log = logging.getLogger("grokking.analysis")
+
+
+class OutputError(Exception):
+    """The output folder cannot be written."""
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -51,15 +56,19 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def analyze(dirs: list[Path], out: Path, pca_threshold: float = 0.95, figure2_runs=None) -> dict:
-    """Everything the command writes; returns {name: path} of the files written."""
+    """Everything the command writes; returns {name: path} of the files written. Every run is
+    read and measured before anything is written, so a run is in every output or in none, and
+    NothingToAnalyse leaves no file behind."""
     results = collect(*dirs)
-    if results.runs.empty:
-        raise FileNotFoundError(
-            f"no completed runs under {', '.join(map(str, dirs))} "
-            f"({len(results.in_progress)} in progress, {len(results.skipped)} skipped)"
-        )
+    results.require_runs(dirs)
     measures = measure_all(results, pca_threshold)
-    out.mkdir(parents=True, exist_ok=True)
+    results.require_runs(dirs)
+    try:  # beside a colleague's read-only results, the default folder cannot be made
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputError(
+            f"--out: cannot create {out} ({error.strerror}); choose another"
+        ) from None
     written = {}
     for name, frame in (
         ("runs", results.runs),
@@ -82,6 +91,12 @@ def analyze(dirs: list[Path], out: Path, pca_threshold: float = 0.95, figure2_ru
     chosen = figure2_runs or figures.choose_runs(results.runs)
     plots = {f"figure1_{g}": figures.figure1(results.runs, results.metrics, g) for g in groups}
     plots |= {
+        f"curves_{g}": figures.figure_curves(
+            results.runs[results.runs["group"] == g], results.metrics, figures.curves_title(g)
+        )
+        for g in groups
+    }
+    plots |= {
         "figure2": figures.figure2(measures, chosen),
         "figure3": figures.figure3(measures, results.runs),
         "figure9": figures.figure9(results.runs, results.metrics),
@@ -97,12 +112,9 @@ def analyze(dirs: list[Path], out: Path, pca_threshold: float = 0.95, figure2_ru
             continue
         written[name] = figures.save(fig, out, name)[0]
 
-    print(f"{len(results.runs)} runs analysed", end="")
-    if results.in_progress:
-        print(f"; in progress, left out: {', '.join(results.in_progress)}", end="")
-    if results.skipped:
-        print(f"; skipped: {', '.join(name for name, _ in results.skipped)}", end="")
-    print(f"\nwrote tables, figures and parquet files to {out}")
+    left_out = results.left_out()
+    print(f"{len(results.runs)} runs analysed" + (f"; left out: {left_out}" if left_out else ""))
+    print(f"wrote tables, figures and parquet files to {out}")
     return written
 
 
@@ -112,7 +124,7 @@ def main(argv=None) -> None:
     out = args.out or args.dirs[0].parent / f"{args.dirs[0].name}-analysis"
     try:
         analyze(args.dirs, out, args.pca_threshold, args.figure2_runs)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, NothingToAnalyse, OutputError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
 

@@ -14,7 +14,8 @@
 # %% [markdown]
 # # The paper's figures from a results folder
 #
-# Figure 1 (LAR and validation accuracy over training), Figure 2 (the spectra p and q),
+# Figure 1 (LAR and validation accuracy over training), the classic grokking curves (accuracy
+# and loss on a log epoch axis, LAR beside them), Figure 2 (the spectra p and q),
 # Figure 3 (k_LAR against PC95), Figure 9 (batch size and the early LAR dip, for runs evaluated
 # every epoch), the Appendix D.1 ranks, and LAR of every dense matrix. Set `GROKKING_RESULTS`
 # (or edit the next cell) to a folder of runs.
@@ -26,6 +27,7 @@ RESULTS = os.environ.get("GROKKING_RESULTS", "../outputs/sweeps/smoke")
 
 # %%
 # %matplotlib inline
+import matplotlib.pyplot as plt
 from IPython.display import display
 
 from grokking.analysis import collect, figures, measure_all
@@ -36,10 +38,12 @@ groups = list(results.runs["group"].unique())
 
 
 def show(fig):
+    """Display `fig` once: closed, so that the inline backend does not show it again."""
     if fig is None:
         print("nothing to plot for these runs")
     else:
         display(fig)
+        plt.close(fig)
 
 
 # %% [markdown]
@@ -48,6 +52,14 @@ def show(fig):
 # %%
 for group in groups:
     show(figures.figure1(results.runs, results.metrics, group))
+
+# %% [markdown]
+# ## Accuracy and loss on a log epoch axis, LAR beside them
+
+# %%
+for group in groups:
+    in_group = results.runs[results.runs["group"] == group]
+    show(figures.figure_curves(in_group, results.metrics, figures.curves_title(group)))
 
 # %% [markdown]
 # ## Figure 2: p and q at memorization, grokking and the end

@@ -33,14 +33,18 @@ from grokking.analysis import collect, measure_all, per_task_table, table1
 from grokking.analysis.tables import per_task_display, table1_wide
 
 results = collect(RESULTS)
-print(f"{len(results.runs)} completed runs; in progress: {results.in_progress or 'none'}")
-results.runs[["run", "task", "p", "train_fraction", "seed", "memorization_epoch", "grokking_epoch"]]
+print(f"{len(results.runs)} completed runs; left out: {results.left_out() or 'none'}")
+columns = ["run", "condition", "seed", "memorization_epoch", "grokking_epoch"]
+results.runs[columns]
 
 # %% [markdown]
 # ## PC95 and k_LAR at each checkpoint (cached in each run folder after the first pass)
+#
+# A run whose checkpoints cannot be measured leaves `results` here, with its reason.
 
 # %%
 measures = measure_all(results, PCA_THRESHOLD)
+print(f"skipped: {results.skipped or 'none'}")
 measures[["run", "kind", "epoch", "lar", "k_lar", "pc95"]]
 
 # %% [markdown]
@@ -51,7 +55,8 @@ tidy = table1(measures, results.runs)
 table1_wide(tidy)
 
 # %% [markdown]
-# ## Per task: how often it grokked, when, and LAR, k_LAR, PC95 at each checkpoint
+# ## Per condition (runs that differ only in their seeds): how often it grokked, when, and LAR,
+# k_LAR, PC95 at each checkpoint
 
 # %%
 per_task_display(per_task_table(results.runs, measures))

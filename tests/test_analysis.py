@@ -10,7 +10,7 @@ import torch
 from conftest import REPO, run_cli
 
 from grokking.analysis import collect, measure_run, pc95, table1
-from grokking.analysis.tables import table1_wide
+from grokking.analysis.tables import table1_wide, write_table
 from grokking.rundir import RunDir
 
 
@@ -46,6 +46,7 @@ def hand_built():
         {
             "run": ["a", "b", "c", "d"],
             "group": ["table1_ops", "table1_ops", "table1_ops", "mine"],
+            "setting": ["", "", "", ""],
             "grokked": [True, True, False, True],
         }
     )
@@ -83,6 +84,24 @@ def test_table1_rmse_on_hand_built_runs():
     assert wide.loc[ops, "Grokked"] == "1.41 (n=2)" and wide.loc["mine", "Memorized"] == "–"
 
 
+def test_written_tables_have_no_row_numbers_or_stray_headers(tmp_path):
+    runs, measures = hand_built()
+    wide = table1_wide(table1(measures, runs))
+    write_table(wide, tmp_path, "table1")
+    write_table(wide.reset_index(names="group"), tmp_path, "per_task")
+    tex = (tmp_path / "table1.tex").read_text().splitlines()
+    assert tex[2].split("&")[1:] == [
+        " Memorized ",
+        " Grokked ",
+        " Final (grokked) ",
+        " Final (no grok) \\\\",
+    ]
+    assert not any(line.startswith("column") for line in tex)
+    assert tex[4].startswith("12 binary operations & ")  # the groups stay: they name the rows
+    per_task = (tmp_path / "per_task.md").read_text().splitlines()
+    assert per_task[0].startswith("| group ") and per_task[2].startswith("| 12 binary operations ")
+
+
 # --- the command on real sweeps ---------------------------------------------------------------
 
 DENSE = ["-m", "task.p=11", "model.d_model=32", "model.n_heads=2", "model.d_ff=64"]
@@ -110,7 +129,8 @@ FILES = [
     *[
         f"{figure}.{suffix}"
         for figure in ["figure1_smoke", "figure1_single_runs", "figure2", "figure3", "figure9"]
-        + ["ranks_smoke", "matrices_smoke", "matrices_single_runs"]
+        + ["curves_smoke", "curves_single_runs", "ranks_smoke", "matrices_smoke"]
+        + ["matrices_single_runs"]
         for suffix in ("png", "pdf")
     ],
 ]
@@ -173,10 +193,10 @@ def test_broken_and_running_runs_are_reported_and_left_out(smoke_sweep, tmp_path
         str(copy), "--out", str(tmp_path / "out"), cwd=tmp_path, module="grokking.analyze"
     )
     assert result.returncode == 0, result.stderr
-    assert "warning: skipping smoke/seed=0,task=add: " in result.stderr
-    assert "warning: smoke/seed=1,task=sub is running; left out of the tables" in result.stderr
-    left_out = "in progress, left out: smoke/seed=1,task=sub; skipped: smoke/seed=0,task=add"
-    assert f"2 runs analysed; {left_out}" in result.stdout
+    assert "warning: skipping smoke/seed=0,task=add: ArrowInvalid: " in result.stderr
+    assert "warning: smoke/seed=1,task=sub is in progress; left out" in result.stderr
+    left_out = "in progress: smoke/seed=1,task=sub; skipped: smoke/seed=0,task=add (ArrowInvalid: "
+    assert f"2 runs analysed; left out: {left_out}" in result.stdout
     assert len(collect(copy).runs) == 2
 
 
@@ -188,7 +208,13 @@ def test_a_folder_without_runs_is_a_clear_error(tmp_path):
     assert missing.returncode == 2 and "DIR: no such directory" in missing.stderr
 
 
-@pytest.mark.parametrize("name", ["table1", "figures"])
+# Images each notebook shows on the smoke sweep, each once. figures: Figure 1, curves, Figure 2,
+# Figure 3, ranks, matrices (no Figure 9: the smoke runs are not evaluated every epoch).
+# one_run: curves, p and q, matrices.
+NOTEBOOK_IMAGES = {"table1": 0, "figures": 6, "one_run": 3}
+
+
+@pytest.mark.parametrize("name", sorted(NOTEBOOK_IMAGES))
 def test_notebooks_execute_on_the_smoke_sweep(analysed, name, monkeypatch, tmp_path):
     cwd, _ = analysed
     monkeypatch.setenv("GROKKING_RESULTS", str(cwd / "outputs" / "sweeps" / "smoke"))
@@ -199,6 +225,10 @@ def test_notebooks_execute_on_the_smoke_sweep(analysed, name, monkeypatch, tmp_p
     assert not [o for o in outputs if o.output_type == "error"]
     if name == "table1":
         assert any("Final (grokked)" in str(o.get("data", {})) for o in outputs)
-    else:
-        images = [o for o in outputs if "image/png" in o.get("data", {})]
-        assert len(images) >= 5
+    images = [o["data"]["image/png"] for o in outputs if "image/png" in o.get("data", {})]
+    assert len(images) == NOTEBOOK_IMAGES[name]
+    assert len(set(images)) == len(images)  # no figure shown twice
+
+
+def test_every_notebook_is_tested():
+    assert {path.stem for path in (REPO / "notebooks").glob("*.py")} == set(NOTEBOOK_IMAGES)

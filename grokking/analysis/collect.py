@@ -1,4 +1,5 @@
-"""Gather every run under some directories into tidy DataFrames, skipping broken ones."""
+"""Gather every run under some directories into tidy DataFrames. A run is either in every
+table or in none: one that cannot be read is skipped, and the reason is named."""
 
 from __future__ import annotations
 
@@ -8,11 +9,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from grokking.rundir import COMPLETED, RunDir, find_runs
+from grokking.analysis.conditions import add_labels, condition_columns
+from grokking.rundir import COMPLETED, RUNNING, RunDir, find_runs
 
 log = logging.getLogger("grokking.analysis")
 
-# Summary fields copied into the runs table (config fields come from summary["config"]).
+# Summary fields copied into the runs table (the rest of the config: conditions.py).
 SUMMARY_FIELDS = [
     "status",
     "task",
@@ -28,25 +30,68 @@ SUMMARY_FIELDS = [
     "final_epoch",
     "wall_s",
 ]
+# The checkpoint each event leaves behind; "final" is always there.
+EVENT_CHECKPOINTS = {"memorization": "memorization_epoch", "grokking": "grokking_epoch"}
+
+
+class NothingToAnalyse(Exception):
+    """No run under the given folders can be analysed; the message says why."""
 
 
 @dataclass
 class Results:
     """`runs`: one row per completed run (`run` names it, `path` locates it); `metrics` and
-    `matrix_lar`: the run's tables with a `run` column; `in_progress` and `skipped`: runs left
-    out of the tables, with the reason."""
+    `matrix_lar`: the run's tables with a `run` column. Runs left out: `not_completed` as
+    (run, status), `skipped` as (run, reason)."""
 
     runs: pd.DataFrame
     metrics: pd.DataFrame
     matrix_lar: pd.DataFrame
-    in_progress: list[str] = field(default_factory=list)
+    not_completed: list[tuple[str, str]] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def skip(self, run: str, reason: str) -> None:
+        """Take `run` out of every table and record why."""
+        log.warning("skipping %s: %s", run, reason)
+        self.skipped.append((run, reason))
+        self.runs = add_labels(self.runs[self.runs["run"] != run].reset_index(drop=True))
+        self.metrics = self.metrics[self.metrics["run"] != run].reset_index(drop=True)
+        self.matrix_lar = self.matrix_lar[self.matrix_lar["run"] != run].reset_index(drop=True)
+
+    def left_out(self) -> str:
+        """ "in progress: a; interrupted: b; skipped: c (reason)", or "" when none is."""
+        by_status: dict[str, list[str]] = {}
+        for run, status in self.not_completed:
+            by_status.setdefault(status_word(status), []).append(run)
+        parts = [f"{word}: {', '.join(runs)}" for word, runs in by_status.items()]
+        if self.skipped:
+            parts.append("skipped: " + "; ".join(f"{r} ({why})" for r, why in self.skipped))
+        return "; ".join(parts)
+
+    def require_runs(self, dirs) -> None:
+        if self.runs.empty:
+            left_out = self.left_out()
+            raise NothingToAnalyse(
+                f"no measurable runs under {', '.join(map(str, dirs))}"
+                + (f" ({left_out})" if left_out else "")
+            )
+
+
+def status_word(status: str | None) -> str:
+    return "in progress" if status == RUNNING else str(status)
+
+
+def reason(error: Exception) -> str:
+    """One short line for an error (torch's unpickling errors run to many paragraphs)."""
+    first_line = str(error).strip().split("\n")[0]
+    text = f"{type(error).__name__}: {first_line}"
+    return text if len(text) <= 160 else text[:157] + "..."
 
 
 def collect(*dirs: str | Path) -> Results:
-    """Every run under `dirs` (any depth). Runs not completed are reported and left out;
-    a run with a missing or corrupt file is skipped with a warning that names it."""
-    rows, metrics, matrices, in_progress, skipped = [], [], [], [], []
+    """Every run under `dirs` (any depth). Runs not completed are reported and left out; a run
+    with a missing or corrupt file is skipped with a warning that names it and the reason."""
+    rows, metrics, matrices, not_completed, skipped = [], [], [], [], []
     for root in map(Path, dirs):
         if not root.is_dir():
             raise FileNotFoundError(f"no such directory: {root}")
@@ -54,31 +99,43 @@ def collect(*dirs: str | Path) -> Results:
             name = f"{root.name}/{run_dir.path.relative_to(root)}".rstrip("/.")
             try:
                 summary = run_dir.read_summary()
-                if summary.get("status") != COMPLETED:
-                    in_progress.append(name)
-                    log.warning("%s is %s; left out of the tables", name, summary.get("status"))
+                status = run_dir.status()  # the trainer's word, "interrupted" for a dead run
+                if status != COMPLETED:
+                    not_completed.append((name, status))
+                    log.warning("%s is %s; left out", name, status_word(status))
                     continue
+                _require_checkpoints(run_dir, summary)
                 run_metrics = run_dir.read_metrics().assign(run=name)
                 run_matrices = run_dir.read_matrix_lar().assign(run=name)
                 row = _run_row(name, run_dir, summary)
             except Exception as error:  # corrupt JSON or parquet, a missing file or key
-                skipped.append((name, f"{type(error).__name__}: {error}"))
-                log.warning("skipping %s: %s: %s", name, type(error).__name__, error)
+                skipped.append((name, reason(error)))
+                log.warning("skipping %s: %s", name, reason(error))
                 continue
             rows.append(row)
             metrics.append(run_metrics)
             matrices.append(run_matrices)
-    if not rows and not in_progress and not skipped:
-        raise FileNotFoundError(
+    if not rows and not not_completed and not skipped:
+        raise NothingToAnalyse(
             f"no runs (folders with summary.json) under {', '.join(map(str, dirs))}"
         )
     return Results(
-        runs=pd.DataFrame(rows),
+        runs=add_labels(pd.DataFrame(rows)) if rows else pd.DataFrame(),
         metrics=pd.concat(metrics, ignore_index=True) if metrics else pd.DataFrame(),
         matrix_lar=pd.concat(matrices, ignore_index=True) if matrices else pd.DataFrame(),
-        in_progress=in_progress,
+        not_completed=not_completed,
         skipped=skipped,
     )
+
+
+def _require_checkpoints(run_dir: RunDir, summary: dict) -> None:
+    """Raise FileNotFoundError for a checkpoint the summary's events promise but that is absent."""
+    expected = ["final"] + [
+        k for k, epoch in EVENT_CHECKPOINTS.items() if summary[epoch] is not None
+    ]
+    missing = [kind for kind in expected if not run_dir.has_checkpoint(kind)]
+    if missing:
+        raise FileNotFoundError(f"checkpoints/{', '.join(k + '.pt' for k in missing)} missing")
 
 
 def _run_row(name: str, run_dir: RunDir, summary: dict) -> dict:
@@ -90,4 +147,4 @@ def _run_row(name: str, run_dir: RunDir, summary: dict) -> dict:
     row["max_epochs"] = config["max_epochs"]
     row["sweep_name"] = summary.get("sweep_name")  # absent from runs of version 0.1.0's start
     row["group"] = row["sweep_name"] or "single_runs"
-    return row
+    return row | condition_columns(config)

@@ -9,8 +9,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
-from matplotlib.ticker import NullFormatter
+from matplotlib.lines import Line2D
+from matplotlib.ticker import LogFormatter, NullFormatter
 
+from grokking.analysis.conditions import seeds_label
 from grokking.analysis.tables import group_title
 
 KIND_ORDER = ["memorization", "grokking", "final"]
@@ -45,52 +47,125 @@ def _x_limit(runs: pd.DataFrame, factor: float = 3.0) -> float:
     return min(factor * grokking.mean(), longest) if len(grokking) else longest
 
 
-def _event_lines(ax, runs: pd.DataFrame, colors=("red", "green"), styles=("--", "--")):
+EVENTS = {"memorization_epoch": "memorization", "grokking_epoch": "grokking"}
+EVENT_COLORS = ("red", "green")
+
+
+def _event_lines(ax, runs: pd.DataFrame, colors=EVENT_COLORS, styles=("--", "--")):
     """Vertical lines at the mean memorization and grokking epochs of `runs`."""
-    events = ("memorization_epoch", "grokking_epoch")
-    for column, color, style in zip(events, colors, styles, strict=True):
+    for column, color, style in zip(EVENTS, colors, styles, strict=True):
         epochs = runs[column].dropna()
         if len(epochs):
             ax.axvline(epochs.mean(), color=color, linestyle=style, linewidth=1)
 
 
-def _panel_title(keys: dict) -> str:
-    parts = [keys["task"]]
-    if pd.notna(keys.get("p")):
-        parts.append(f"p={int(keys['p'])}")
-    parts.append(f"frac={keys['train_fraction']:g}")
-    return ", ".join(parts)
+def _event_handles(runs: pd.DataFrame, colors=EVENT_COLORS, styles=("--", "--")) -> list[Line2D]:
+    """Legend entries for the event lines `_event_lines` draws for `runs` (none for an event
+    no run reached)."""
+    return [
+        Line2D([], [], color=color, linestyle=style, linewidth=1, label=f"{name} (mean epoch)")
+        for (column, name), color, style in zip(EVENTS.items(), colors, styles, strict=True)
+        if runs[column].notna().any()
+    ]
 
 
-PANEL_KEYS = ["task", "p", "train_fraction"]
+def _legend_below(fig, handles: list, ncol: int | None = None) -> None:
+    """One legend for the whole figure, under its panels, where it covers none of them."""
+    fig.legend(
+        handles=handles,
+        loc="upper center",
+        bbox_to_anchor=(0.5, 0.0),
+        ncol=ncol or len(handles),
+        fontsize=8,
+        frameon=False,
+    )
+
+
+def _panel_title(condition: str, count: int) -> str:
+    return f"{condition} ({seeds_label(count)})"
+
+
+def _conditions(runs: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """(condition, its runs): the runs that differ only in their seeds, in run order."""
+    return list(runs.groupby("condition", sort=False))
 
 
 def figure1(runs: pd.DataFrame, metrics: pd.DataFrame, group: str):
     """Mean LAR (left axis) and validation accuracy (right) across seeds against epoch, one panel
-    per task and train fraction; dashed red at the mean memorization epoch, green at grokking."""
-    in_group = runs[runs["group"] == group]
-    panels = list(in_group.groupby(PANEL_KEYS, dropna=False, sort=False))
+    per condition (task, p, train fraction, setting); dashed red at the mean memorization epoch,
+    green at grokking."""
+    panels = _conditions(runs[runs["group"] == group])
     if not panels:
         return None
-    fig, axes = _grid(len(panels))
-    for ax, (keys, panel_runs) in zip(axes, panels, strict=False):
+    ncols = min(4, len(panels))
+    # constrained layout makes room for the twin axes' tick labels, which tight_layout ignores
+    fig, axes = _grid(len(panels), ncols=ncols, size=(4.0, 2.8), layout="constrained")
+    for i, (ax, (condition, panel_runs)) in enumerate(zip(axes, panels, strict=False)):
         data = metrics[metrics["run"].isin(panel_runs["run"])]
         limit = _x_limit(panel_runs)
         data = data[data["epoch"] <= limit]
         sns.lineplot(data=data, x="epoch", y="lar", ax=ax, color="C0", errorbar=SEED_BAND)
-        ax.set_ylabel("LAR (unembedding)", color="C0")
         accuracy = ax.twinx()
         sns.lineplot(data=data, x="epoch", y="val_acc", ax=accuracy, color="C1", errorbar=SEED_BAND)
         accuracy.set_ylim(-0.02, 1.02)
-        accuracy.set_ylabel("val accuracy", color="C1")
+        # axis names on the outer panels only, so none runs into its neighbour
+        ax.set_ylabel("LAR (unembedding)" if i % ncols == 0 else "", color="C0")
+        last_in_row = i % ncols == ncols - 1 or i == len(panels) - 1
+        accuracy.set_ylabel("val accuracy" if last_in_row else "", color="C1")
         _event_lines(ax, panel_runs)
         ax.set_xlim(0, limit)
-        ax.set_title(
-            f"{_panel_title(dict(zip(PANEL_KEYS, keys, strict=True)))} ({len(panel_runs)} seeds)",
-            fontsize=9,
-        )
+        ax.set_title(_panel_title(condition, len(panel_runs)), fontsize=9)
     fig.suptitle(f"Figure 1 — {group_title(group)}: LAR and validation accuracy")
+    curves = [
+        Line2D([], [], color="C0", label="LAR, mean over seeds (band: range)"),
+        Line2D([], [], color="C1", label="validation accuracy"),
+    ]
+    _legend_below(fig, curves + _event_handles(runs[runs["group"] == group]))
+    return fig
+
+
+def curves_title(group: str) -> str:
+    return f"Accuracy, loss and LAR — {group_title(group)}"
+
+
+CURVE_PANELS = {  # column of the curves figure: (title, [(metric, label, colour)], log y)
+    "accuracy": ("accuracy", [("train_acc", "train", "C0"), ("val_acc", "validation", "C1")], 0),
+    "loss": ("loss", [("train_loss", "train", "C0"), ("val_loss", "validation", "C1")], 1),
+    "lar": ("LAR (unembedding)", [("lar", "LAR", "C2")], 0),
+}
+
+
+def figure_curves(runs: pd.DataFrame, metrics: pd.DataFrame, title: str):
+    """The classic grokking picture: train and validation accuracy and loss against epoch on a
+    log axis, LAR beside them; one row per condition (mean over its seeds, band: their range).
+    Pass one run for that run's curves. Epoch 0 (initialisation) has no place on a log axis."""
+    rows = _conditions(runs)
+    if not rows:
+        return None
+    fig, axes = plt.subplots(
+        len(rows), 3, figsize=(12, 2.7 * len(rows)), squeeze=False, sharex="row"
+    )
+    for row_axes, (condition, row_runs) in zip(axes, rows, strict=True):
+        data = metrics[metrics["run"].isin(row_runs["run"]) & (metrics["epoch"] > 0)]
+        for ax, (name, lines, log_y) in zip(row_axes, CURVE_PANELS.values(), strict=True):
+            for column, _, color in lines:
+                sns.lineplot(data=data, x="epoch", y=column, ax=ax, color=color, errorbar=SEED_BAND)
+            _event_lines(ax, row_runs)
+            ax.set(xscale="log", yscale="log" if log_y else "linear", ylabel=name)
+            ax.set_title(_panel_title(condition, len(row_runs)), fontsize=9)
+            # plain numbers ("300", "2"): on a log axis spanning less than a decade the default
+            # labels read 3×10⁰ and run into each other
+            for axis in (ax.xaxis, ax.yaxis) if log_y else (ax.xaxis,):
+                axis.set_major_formatter(LogFormatter())
+                axis.set_minor_formatter(LogFormatter(labelOnlyBase=False))
+        row_axes[0].set_ylim(-0.02, 1.02)  # accuracy
+    fig.suptitle(title)
     fig.tight_layout()
+    split = [
+        Line2D([], [], color=color, label=label) for _, label, color in CURVE_PANELS["loss"][1]
+    ]
+    lar = Line2D([], [], color="C2", label="LAR")
+    _legend_below(fig, split + [lar] + _event_handles(runs))
     return fig
 
 
@@ -126,6 +201,8 @@ def figure2(measures: pd.DataFrame, run_names: list[str]):
             ax.set_xlabel(
                 f"singular direction i   (LAR {entry['lar']:.3f}, epoch {entry['epoch']})"
             )
+            # shared y: matplotlib labels only the first column, which may be an empty panel
+            ax.tick_params(labelleft=True)
     next(ax for ax in axes.flat if ax.get_lines()).legend(fontsize=8)
     fig.suptitle("Figure 2 — spectra p and q of the unembedding")
     fig.tight_layout()
@@ -133,20 +210,43 @@ def figure2(measures: pd.DataFrame, run_names: list[str]):
 
 
 def figure3(measures: pd.DataFrame, runs: pd.DataFrame):
-    """k_LAR against PC95: one point per run and checkpoint kind, with the line y = x."""
+    """k_LAR against PC95: one point per run and checkpoint kind, with the line y = x; one panel
+    per Table 1 row. Each kind has its own colour and marker, half transparent, so that points on
+    top of each other stay visible."""
     if measures.empty:
         return None
-    data = measures.merge(runs[["run", "group"]], on="run")
-    data["group"] = data["group"].map(group_title)
-    fig, ax = plt.subplots(figsize=(5.5, 5))
-    sns.scatterplot(
-        data=data, x="pc95", y="k_lar", hue="kind", hue_order=KIND_ORDER, style="group", ax=ax
-    )
-    top = max(data["pc95"].max(), data["k_lar"].max()) * 1.1
-    ax.plot([1, top], [1, top], color="gray", linestyle=":", label="y = x")
-    ax.set(xscale="log", yscale="log", xlabel="PC95", ylabel="k_LAR = n^(2(1-LAR))")
-    ax.set_title("Figure 3 — LAR-predicted dimension against PC95")
-    ax.legend(fontsize=7)
+    data = measures.merge(runs[["run", "group", "setting"]], on="run")
+    data["row"] = [group_title(g, s) for g, s in zip(data["group"], data["setting"], strict=True)]
+    rows = list(dict.fromkeys(data["row"]))
+    fig, axes = _grid(len(rows), ncols=3, size=(4.6, 4.3))
+    top = max(data["pc95"].max(), data["k_lar"].max()) * 1.2
+    markers = dict(zip(KIND_ORDER, ("o", "s", "^"), strict=True))
+    for ax, row in zip(axes, rows, strict=False):
+        sns.scatterplot(
+            data=data[data["row"] == row],
+            x="pc95",
+            y="k_lar",
+            hue="kind",
+            hue_order=KIND_ORDER,
+            style="kind",
+            markers=markers,
+            alpha=0.55,
+            s=45,
+            ax=ax,
+            legend=False,
+        )
+        ax.plot([0.8, top], [0.8, top], color="gray", linestyle=":")
+        ax.set(xscale="log", yscale="log", xlabel="PC95", ylabel="k_LAR = n^(2(1-LAR))")
+        ax.set_title(row, fontsize=9)
+    fig.suptitle("Figure 3 — LAR-predicted dimension against PC95")
+    fig.tight_layout()
+    palette = sns.color_palette(n_colors=len(KIND_ORDER))
+    handles = [
+        Line2D([], [], color=c, marker=markers[k], linestyle="", alpha=0.55, label=k)
+        for k, c in zip(KIND_ORDER, palette, strict=True)
+    ]
+    handles.append(Line2D([], [], color="gray", linestyle=":", label="y = x"))
+    _legend_below(fig, handles)
     return fig
 
 
@@ -189,48 +289,73 @@ def figure9(
     minima["ratio"] = minima["batch_size"] / minima["n_train"]
     minima["p"] = minima["p"].map(lambda p: f"p={p}")  # categories: one distinct colour each
     sns.scatterplot(data=minima, x="ratio", y="min_lar", hue="p", style="train_fraction", ax=right)
-    right.xaxis.set_minor_formatter(NullFormatter())  # log-axis minor labels overlap
     right.set(
         xscale="log",
         xlabel="batch size / training-set size",
         ylabel=f"min LAR, epochs 0-{min_epochs}",
     )
+    # log-axis minor labels overlap (set after the scale, which resets the formatters)
+    right.xaxis.set_minor_formatter(NullFormatter())
     right.set_title("(b) the early LAR dip against batch fraction")
     fig.suptitle("Figure 9 — batch size and the early LAR dip")
     fig.tight_layout()
     return fig
 
 
+def _condition_palette(runs: pd.DataFrame) -> dict:
+    conditions = list(dict.fromkeys(runs["condition"]))
+    return dict(zip(conditions, sns.color_palette(n_colors=len(conditions)), strict=True))
+
+
+EVENT_STYLES = ("--", ":")  # memorization, grokking, in the condition's own colour
+
+
+def _events_by_condition(ax, runs: pd.DataFrame, palette: dict) -> None:
+    for condition, color in palette.items():
+        events = runs[runs["condition"] == condition]
+        _event_lines(ax, events, (color, color), EVENT_STYLES)
+
+
+def _condition_legend(fig, runs: pd.DataFrame, palette: dict) -> None:
+    handles = [Line2D([], [], color=color, label=name) for name, color in palette.items()]
+    events = _event_handles(runs, ("black", "black"), EVENT_STYLES)
+    _legend_below(fig, handles + events, ncol=min(4, len(handles) + 2))
+
+
 def figure_ranks(runs: pd.DataFrame, metrics: pd.DataFrame, group: str):
-    """Appendix D.1: LAR beside the unembedding's stable rank and effective rank, per task."""
+    """Appendix D.1: LAR beside the unembedding's stable rank and effective rank, one line per
+    condition (mean over seeds) with its own memorization and grokking lines in its colour."""
     in_group = runs[runs["group"] == group]
     if in_group.empty:
         return None
-    data = metrics.merge(in_group[["run", "task"]], on="run")
+    data = metrics.merge(in_group[["run", "condition"]], on="run")
     data = data[data["epoch"] <= _x_limit(in_group)]
+    palette = _condition_palette(in_group)
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
     for ax, column in zip(axes, ["lar", "stable_rank", "effective_rank"], strict=True):
         sns.lineplot(
             data=data,
             x="epoch",
             y=column,
-            hue="task",
+            hue="condition",
+            palette=palette,
             ax=ax,
             errorbar=SEED_BAND,
-            legend=column == "lar",
+            legend=False,
         )
-        _event_lines(ax, in_group)
+        _events_by_condition(ax, in_group, palette)
     fig.suptitle(f"LAR, stable rank and effective rank — {group_title(group)}")
     fig.tight_layout()
+    _condition_legend(fig, in_group, palette)
     return fig
 
 
 def figure_matrices(runs: pd.DataFrame, matrix_lar: pd.DataFrame, group: str):
     """Paper Figures 17–20: LAR of every probed matrix against epoch, one panel per layer and
-    role, one line per task (mean over seeds), in the task's colour: dashed at its mean
+    role, one line per condition (mean over seeds), in its colour: dashed at its mean
     memorization epoch, dotted at its mean grokking epoch."""
     in_group = runs[runs["group"] == group]
-    data = matrix_lar.merge(in_group[["run", "task"]], on="run")
+    data = matrix_lar.merge(in_group[["run", "condition"]], on="run")
     if data.empty:
         return None
     data = data[data["epoch"] <= _x_limit(in_group)]
@@ -242,26 +367,22 @@ def figure_matrices(runs: pd.DataFrame, matrix_lar: pd.DataFrame, group: str):
     ordered = data.sort_values(["layer", "order"], na_position="last")
     panels = list(dict.fromkeys(ordered["panel"]))
     fig, axes = _grid(len(panels), ncols=6 if len(panels) > 8 else 4, size=(3.0, 2.5), sharey=True)
-    tasks = sorted(in_group["task"].unique())
-    palette = dict(zip(tasks, sns.color_palette(n_colors=len(tasks)), strict=True))
+    palette = _condition_palette(in_group)
     for ax, panel in zip(axes, panels, strict=False):
         sns.lineplot(
             data=data[data["panel"] == panel],
             x="epoch",
             y="lar",
-            hue="task",
+            hue="condition",
             palette=palette,
             ax=ax,
             errorbar=None,
-            legend=panel == panels[-1],
+            legend=False,
         )
-        for task in tasks:
-            color = palette[task]
-            _event_lines(ax, in_group[in_group["task"] == task], (color, color), ("--", ":"))
+        _events_by_condition(ax, in_group, palette)
         ax.axhline(0.5, color="gray", linewidth=0.5)
         ax.set_title(panel, fontsize=9)
-        if ax.get_legend():  # beside the last panel, not over it
-            sns.move_legend(ax, "upper left", bbox_to_anchor=(1.03, 1), fontsize=8)
     fig.suptitle(f"LAR of every dense matrix — {group_title(group)}")
     fig.tight_layout()
+    _condition_legend(fig, in_group, palette)
     return fig

@@ -2,7 +2,8 @@
 
 Each checkpoint's model is reloaded and the whole training set passed through it; a LARProbe on
 the unembedding collects its inputs (for PCA) and XᵀX (for p and q). Results are cached in the
-run directory (checkpoint_measures.parquet), keyed by checkpoint epoch and variance threshold.
+run directory (checkpoint_measures.parquet), keyed by checkpoint epoch and variance threshold;
+a run folder that cannot be written (a colleague's read-only results) is measured uncached.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import pandas as pd
 import torch
 from sklearn.decomposition import PCA
 
-from grokking.analysis.collect import Results
+from grokking.analysis.collect import Results, reason
 from grokking.build import build
 from grokking.lar import LARProbe, k_lar, summary_from_spectra
 from grokking.rundir import CHECKPOINT_KINDS, RunDir
@@ -58,12 +59,23 @@ def measure_checkpoint(run: RunDir, kind: str, threshold: float = 0.95, batch_si
 def measure_run(run: RunDir, threshold: float = 0.95) -> pd.DataFrame:
     """Measures of every checkpoint kind the run has; reads the run's cache when it matches."""
     kinds = [kind for kind in CHECKPOINT_KINDS if run.has_checkpoint(kind)]
-    cached = run.read_measures()
+    cached = _read_cache(run)
     if cached is not None and _cache_matches(cached, run, kinds, threshold):
         return cached
     frame = pd.DataFrame([measure_checkpoint(run, kind, threshold) for kind in kinds])
-    run.write_measures(frame)
+    try:
+        run.write_measures(frame)
+    except OSError as error:  # read-only results: the measures are still good, just not kept
+        log.warning("not caching the measures of %s (%s)", run.path, reason(error))
     return frame
+
+
+def _read_cache(run: RunDir) -> pd.DataFrame | None:
+    try:
+        return run.read_measures()
+    except Exception as error:  # a damaged cache is measured afresh, never trusted
+        log.warning("ignoring the measure cache of %s (%s)", run.path, reason(error))
+        return None
 
 
 def _cache_matches(cached: pd.DataFrame, run: RunDir, kinds: list[str], threshold: float) -> bool:
@@ -75,13 +87,12 @@ def _cache_matches(cached: pd.DataFrame, run: RunDir, kinds: list[str], threshol
 
 
 def measure_all(results: Results, threshold: float = 0.95) -> pd.DataFrame:
-    """`measure_run` for every completed run, with `run` and `grokked` columns; a run whose
-    checkpoints cannot be measured is skipped with a warning."""
+    """`measure_run` for every completed run, with `run` and `grokked` columns. A run whose
+    checkpoints cannot be measured is taken out of `results` (every table) with its reason."""
     frames = []
     for run, path, grokked in results.runs[["run", "path", "grokked"]].itertuples(index=False):
         try:
             frames.append(measure_run(RunDir(path), threshold).assign(run=run, grokked=grokked))
-        except Exception as error:
-            results.skipped.append((run, f"{type(error).__name__}: {error}"))
-            log.warning("skipping %s: cannot measure its checkpoints: %s", run, error)
+        except Exception as error:  # a truncated, crafted or missing checkpoint
+            results.skip(run, f"cannot measure its checkpoints: {reason(error)}")
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

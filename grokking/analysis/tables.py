@@ -6,7 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from sklearn.metrics import mean_squared_error
 
+from grokking.analysis.conditions import CONFIG_PREFIX, PANEL_KEYS, setting_keys
 from grokking.rundir import CHECKPOINT_KINDS
 
 # Table 1's columns: which checkpoint, and which runs.
@@ -25,30 +27,30 @@ GROUP_TITLES = {
 }
 
 
-def group_title(group: str) -> str:
-    return GROUP_TITLES.get(group, group)
-
-
-def rmse(a: pd.Series, b: pd.Series) -> float:
-    return float(np.sqrt(np.mean((np.asarray(a, float) - np.asarray(b, float)) ** 2)))
+def group_title(group: str, setting: str = "") -> str:
+    """The group's name as printed, with its setting ("max_epochs=100") when it has one."""
+    title = GROUP_TITLES.get(group, group)
+    return f"{title} ({setting})" if setting else title
 
 
 def table1(measures: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
-    """Tidy Table 1: one row per group × column with `rmse` and `n` (runs behind the cell)."""
-    data = measures.merge(runs[["run", "group"]], on="run")
+    """Tidy Table 1: one row per group, setting and column with `rmse` and `n` (runs behind the
+    cell). Tasks and train fractions are pooled, as in the paper; every other setting splits."""
+    keys = setting_keys(runs)
+    data = measures.merge(runs[["run", "group", "setting", *keys]], on="run")
     rows = []
-    for group, in_group in data.groupby("group", sort=False):
+    for (group, setting), in_group in data.groupby(["group", "setting"], sort=False):
+        values = {_shown(key): in_group[key].iloc[0] for key in keys}
         for column, select in COLUMNS.items():
             cell = in_group[select(in_group)]
-            rows.append(
-                {
-                    "group": group_title(group),
-                    "column": column,
-                    "rmse": rmse(cell["k_lar"], cell["pc95"]) if len(cell) else np.nan,
-                    "n": len(cell),
-                }
-            )
-    return pd.DataFrame(rows, columns=["group", "column", "rmse", "n"])
+            rmse = np.sqrt(mean_squared_error(cell["k_lar"], cell["pc95"])) if len(cell) else np.nan
+            row = {"group": group_title(group, setting)} | values
+            rows.append(row | {"column": column, "rmse": rmse, "n": len(cell)})
+    return pd.DataFrame(rows, columns=["group", *map(_shown, keys), "column", "rmse", "n"])
+
+
+def _shown(column: str) -> str:
+    return column.removeprefix(CONFIG_PREFIX)
 
 
 def table1_wide(tidy: pd.DataFrame) -> pd.DataFrame:
@@ -59,37 +61,40 @@ def table1_wide(tidy: pd.DataFrame) -> pd.DataFrame:
         ]
     )
     wide = cells.pivot(index="group", columns="column", values="cell")
-    return wide.reindex(columns=list(COLUMNS), index=tidy["group"].unique()).rename_axis(None)
+    wide = wide.reindex(columns=list(COLUMNS), index=tidy["group"].unique())
+    return wide.rename_axis(index=None, columns=None)  # no stray "column" header row
 
 
 def per_task_table(runs: pd.DataFrame, measures: pd.DataFrame) -> pd.DataFrame:
-    """Per (group, task, p, train fraction): seeds, the fraction that grokked, and mean and sd
-    of memorization and grokking epochs and of LAR, k_LAR and PC95 at each checkpoint kind."""
-    keys = ["group", "task", "p", "train_fraction"]
+    """Per condition (group, task, p, train fraction and setting: runs that differ only in
+    their seeds): seeds, the fraction that grokked, and mean and sd of memorization and grokking
+    epochs and of LAR, k_LAR and PC95 at each checkpoint kind."""
+    settings = setting_keys(runs)
+    keys = ["group", *PANEL_KEYS, *settings]
     wide = measures.pivot_table(index="run", columns="kind", values=["lar", "k_lar", "pc95"])
     wide.columns = [f"{value}_{kind}" for value, kind in wide.columns]
     data = runs.set_index("run").join(wide).reset_index()
-    data["p"] = data["p"].fillna(-1)  # S5 tasks have no modulus; keep them in the groupby
     value_columns = ["memorization_epoch", "grokking_epoch"] + [
         f"{value}_{kind}"
         for kind in CHECKPOINT_KINDS
         for value in ("lar", "k_lar", "pc95")
         if f"{value}_{kind}" in data
     ]
-    grouped = data.groupby(keys, sort=False)
+    grouped = data.groupby(keys, sort=False, dropna=False)  # S5 tasks have no modulus p
     table = grouped.agg(seeds=("run", "size"), grokked=("grokked", "mean"))
     for column in value_columns:
         table[f"{column}_mean"] = grouped[column].mean()
         table[f"{column}_sd"] = grouped[column].std()
-    table = table.reset_index()
+    table = table.reset_index().rename(columns={key: _shown(key) for key in settings})
     table["group"] = table["group"].map(group_title)
-    table["p"] = table["p"].astype(int).replace(-1, pd.NA)
+    table["p"] = table["p"].astype("Int64")
     return table
 
 
 def per_task_display(table: pd.DataFrame) -> pd.DataFrame:
     """`per_task_table` with each mean and sd joined as `mean ± sd`."""
-    shown = table[["group", "task", "p", "train_fraction", "seeds", "grokked"]].copy()
+    value_start = table.columns.get_loc("seeds")
+    shown = table[[*table.columns[:value_start], "seeds", "grokked"]].copy()
     for column in [c[: -len("_mean")] for c in table.columns if c.endswith("_mean")]:
         mean, sd = table[f"{column}_mean"], table[f"{column}_sd"]
         digits = 3 if column.startswith("lar") else 0 if column.endswith("epoch") else 1
@@ -107,6 +112,7 @@ def per_task_display(table: pd.DataFrame) -> pd.DataFrame:
 def write_table(frame: pd.DataFrame, out_dir: Path, name: str, *, tidy: pd.DataFrame | None = None):
     """`name`.md and `name`.tex from `frame`, `name`.csv from `tidy` (default: `frame`)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"{name}.md").write_text(frame.to_markdown() + "\n")
-    (out_dir / f"{name}.tex").write_text(frame.to_latex())
+    index = not isinstance(frame.index, pd.RangeIndex)  # a row-number index means nothing
+    (out_dir / f"{name}.md").write_text(frame.to_markdown(index=index) + "\n")
+    (out_dir / f"{name}.tex").write_text(frame.to_latex(index=index))
     (tidy if tidy is not None else frame).to_csv(out_dir / f"{name}.csv", index=False)

@@ -1,0 +1,213 @@
+"""The analysis on damaged, partial, read-only and mixed results: which runs are pooled, which
+are left out, and that every output agrees on it."""
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from conftest import run_cli
+
+from grokking.analysis import collect, figures, measure_all
+from grokking.analyze import analyze
+from grokking.rundir import MEASURES, RunDir
+
+ADD0, SUB0, ADD1, SUB1 = "seed=0,task=add", "seed=0,task=sub", "seed=1,task=add", "seed=1,task=sub"
+
+
+@pytest.fixture
+def smoke_copy(smoke_sweep, tmp_path) -> Path:
+    """A private copy of the smoke sweep (4 runs), its measure caches removed so that every
+    checkpoint is loaded again."""
+    cwd, _ = smoke_sweep
+    copy = tmp_path / "smoke"
+    shutil.copytree(cwd / "outputs" / "sweeps" / "smoke", copy)
+    for cache in copy.rglob(MEASURES):
+        cache.unlink()
+    return copy
+
+
+def edit_summary(folder: Path, **fields) -> None:
+    """Change top-level summary fields; `config__a__b=v` sets summary["config"]["a"]["b"]."""
+    run = RunDir(folder)
+    summary = run.read_summary()
+    for key, value in fields.items():
+        *parents, leaf = key.split("__")
+        node = summary
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = value
+    run.write_summary(summary)
+
+
+def outputs(out: Path) -> dict[str, set[str]]:
+    """The runs each output file names."""
+    return {
+        name: set(pd.read_parquet(out / f"{name}.parquet")["run"])
+        for name in ("runs", "metrics", "matrix_lar", "checkpoint_measures")
+    }
+
+
+# --- 1. runs are pooled across seeds only ----------------------------------------------------
+
+
+def test_runs_that_differ_beyond_their_seeds_are_not_pooled(smoke_copy, tmp_path, capsys):
+    for source, seed in ((ADD0, 5), (ADD1, 6)):  # two more add runs, at another weight decay
+        target = smoke_copy / f"wd=0.5,seed={seed},task=add"
+        shutil.copytree(smoke_copy / source, target)
+        edit_summary(target, seed=seed, config__seed=seed, config__optim__weight_decay=0.5)
+    # runtime-only values differ too, and must not split anything
+    edit_summary(smoke_copy / SUB1, config__threads=7, config__device="cuda")
+    edit_summary(smoke_copy / SUB0, config__eval_batch_size=64)
+    analyze([smoke_copy], tmp_path / "out")
+
+    per_task = pd.read_csv(tmp_path / "out" / "per_task.csv")
+    seeds = {
+        (task, decay): count
+        for task, decay, count in per_task[["task", "optim.weight_decay", "seeds"]].values
+    }
+    assert seeds == {("add", 1.0): 2, ("add", 0.5): 2, ("sub", 1.0): 2}
+    assert "optim.weight_decay" in (tmp_path / "out" / "per_task.md").read_text()
+    table1 = pd.read_csv(tmp_path / "out" / "table1.csv")
+    assert set(table1["group"]) == {
+        "smoke (optim.weight_decay=1.0)",
+        "smoke (optim.weight_decay=0.5)",
+    }
+    assert set(table1["optim.weight_decay"]) == {0.5, 1.0}
+    assert "| smoke (optim.weight_decay=0.5) |" in capsys.readouterr().out
+
+    results = collect(smoke_copy)
+    fig = figures.figure1(results.runs, results.metrics, "smoke")
+    titles = {ax.get_title() for ax in fig.axes if ax.get_title()}
+    assert titles == {
+        "add, p=17, frac=0.7, optim.weight_decay=1.0 (2 seeds)",
+        "add, p=17, frac=0.7, optim.weight_decay=0.5 (2 seeds)",
+        "sub, p=17, frac=0.7, optim.weight_decay=1.0 (2 seeds)",
+    }
+
+
+def test_only_values_that_change_what_a_run_computes_are_conditions():
+    from grokking.analysis.conditions import condition_columns
+
+    config = {
+        "task": {"name": "add", "p": 97},
+        "optim": {"lr": 1e-3},
+        "seed": 1,
+        "split_seed": 2,
+        "train_fraction": 0.5,
+        "device": "cuda",
+        "threads": 4,
+        "eval_batch_size": 512,
+        "checkpoint_every": 100,
+        "logger": {"name": "wandb", "project": "x"},
+        "precision": "bf16",
+        "sweep_name": "smoke",
+        "lar_layers": ["unembed", "blocks.0.q"],
+    }
+    assert condition_columns(config) == {
+        "config.optim.lr": 1e-3,
+        "config.precision": "bf16",
+        "config.lar_layers": "['unembed', 'blocks.0.q']",
+    }
+
+
+def test_a_lone_seed_is_one_seed(smoke_copy):
+    shutil.rmtree(smoke_copy / SUB1)
+    results = collect(smoke_copy)
+    fig = figures.figure1(results.runs, results.metrics, "smoke")
+    titles = {ax.get_title() for ax in fig.axes if ax.get_title()}
+    assert titles == {"add, p=17, frac=0.7 (2 seeds)", "sub, p=17, frac=0.7 (1 seed)"}
+
+
+# --- 2. reliability ----------------------------------------------------------------------------
+
+
+def test_a_run_with_a_truncated_or_missing_checkpoint_is_in_no_output(smoke_copy, tmp_path, capsys):
+    final = smoke_copy / ADD0 / "checkpoints" / "final.pt"
+    final.write_bytes(final.read_bytes()[:200])
+    (smoke_copy / SUB1 / "checkpoints" / "final.pt").unlink()
+    analyze([smoke_copy], tmp_path / "out")
+
+    kept = {f"smoke/{SUB0}", f"smoke/{ADD1}"}
+    assert outputs(tmp_path / "out") == dict.fromkeys(outputs(tmp_path / "out"), kept)
+    per_task = pd.read_csv(tmp_path / "out" / "per_task.csv").set_index("task")
+    assert per_task["seeds"].to_dict() == {"add": 1, "sub": 1}
+    assert pd.read_csv(tmp_path / "out" / "table1.csv")["n"].max() <= 2
+    stdout = capsys.readouterr().out
+    assert "2 runs analysed; left out: skipped: " in stdout
+    assert f"smoke/{ADD0} (cannot measure its checkpoints: RuntimeError: " in stdout
+    assert f"smoke/{SUB1} (FileNotFoundError: checkpoints/final.pt missing)" in stdout
+
+
+def test_no_measurable_run_is_a_clear_error_that_writes_nothing(smoke_copy, tmp_path):
+    for final in smoke_copy.rglob("final.pt"):
+        final.write_bytes(final.read_bytes()[:200])
+    out = tmp_path / "out"
+    result = run_cli(str(smoke_copy), "--out", str(out), cwd=tmp_path, module="grokking.analyze")
+    assert result.returncode == 2, result.stderr
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith(f"error: no measurable runs under {smoke_copy} (skipped: smoke/")
+    assert all(f"smoke/{run} (cannot measure" in error for run in (ADD0, SUB0, ADD1, SUB1))
+    assert "Traceback" not in result.stderr
+    assert not out.exists()
+
+
+def test_read_only_run_folders_are_analysed_without_a_cache(
+    smoke_copy, tmp_path, monkeypatch, caplog
+):
+    def refuse(self, frame):
+        raise PermissionError(13, "Permission denied", str(self.path / MEASURES))
+
+    # a read-only folder, even for root (who may write to any folder chmod makes read-only)
+    monkeypatch.setattr(RunDir, "write_measures", refuse)
+    with caplog.at_level(logging.WARNING, logger="grokking.analysis"):
+        analyze([smoke_copy], tmp_path / "out")
+    assert len(pd.read_parquet(tmp_path / "out" / "runs.parquet")) == 4
+    assert len(pd.read_parquet(tmp_path / "out" / "checkpoint_measures.parquet")) >= 4
+    assert "not caching the measures of" in caplog.text and "PermissionError" in caplog.text
+    assert not list(smoke_copy.rglob(MEASURES))
+
+
+class WritesAFolder:
+    """Unpickling this calls os.mkdir(path): what a crafted checkpoint could do."""
+
+    def __init__(self, path: Path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.path,))
+
+
+def test_a_crafted_checkpoint_is_refused_and_runs_no_code(smoke_copy, tmp_path):
+    marker = tmp_path / "written-by-the-checkpoint"
+    torch.save(
+        {"model": WritesAFolder(marker), "epoch": 1}, smoke_copy / ADD0 / "checkpoints/final.pt"
+    )
+    results = collect(smoke_copy)
+    measures = measure_all(results)
+    assert not marker.exists()
+    assert [run for run, _ in results.skipped] == [f"smoke/{ADD0}"]
+    assert "UnpicklingError: Weights only load failed" in results.skipped[0][1]
+    assert f"smoke/{ADD0}" not in set(results.runs["run"]) | set(measures["run"])
+
+
+def test_interrupted_runs_are_reported_as_interrupted(smoke_copy, tmp_path, capsys):
+    edit_summary(smoke_copy / ADD0, status="interrupted")
+    edit_summary(smoke_copy / SUB1, status="running")
+    analyze([smoke_copy], tmp_path / "out")
+    left_out = f"left out: interrupted: smoke/{ADD0}; in progress: smoke/{SUB1}"
+    assert f"2 runs analysed; {left_out}\n" in capsys.readouterr().out
+
+
+def test_an_output_folder_that_cannot_be_made_is_a_clear_error(smoke_copy, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    out = blocker / "analysis"
+    result = run_cli(str(smoke_copy), "--out", str(out), cwd=tmp_path, module="grokking.analyze")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: --out: cannot create {out} (Not a directory); choose another"
+    )
