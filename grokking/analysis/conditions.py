@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import pandas as pd
 
+from grokking.config import RUNTIME_FIELDS  # change how fast a run goes, not what it computes
+
 CONFIG_PREFIX = "config."  # runs-table columns holding the condition's other config values
-# Config values that change how fast a run goes or what it logs, not what it computes.
-RUNTIME_FIELDS = ("device", "threads", "eval_batch_size", "checkpoint_every")
-RUNTIME_PREFIXES = ("logger.",)
 POOLED_FIELDS = ("seed", "split_seed")  # the only values runs may differ in and be averaged
 # Config values the runs table already holds under a name of its own, or the group itself.
 OWN_COLUMNS = {"task.name": "task", "task.p": "p", "train_fraction": "train_fraction"}
@@ -21,15 +20,9 @@ GROUP_FIELD = "sweep_name"
 PANEL_KEYS = ["task", "p", "train_fraction"]
 
 
-def flatten(tree: dict, prefix: str = "") -> dict:
+def flatten(tree: dict) -> dict:
     """{"optim": {"lr": 1e-3}} -> {"optim.lr": 1e-3}."""
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat |= flatten(value, f"{prefix}{key}.")
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
+    return pd.json_normalize(tree, sep=".").iloc[0].to_dict()
 
 
 def condition_columns(config: dict) -> dict:
@@ -38,8 +31,7 @@ def condition_columns(config: dict) -> dict:
     columns = {}
     for key, value in flatten(config).items():
         if (
-            key in RUNTIME_FIELDS
-            or key.startswith(RUNTIME_PREFIXES)
+            key.split(".")[0] in RUNTIME_FIELDS
             or key in POOLED_FIELDS
             or key in OWN_COLUMNS
             or key == GROUP_FIELD
