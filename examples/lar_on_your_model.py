@@ -3,6 +3,8 @@
     python examples/lar_on_your_model.py
 
 Attach probes by name pattern, run no-grad passes over the data you care about, read a table.
+The attention's `2.self_attn.out_proj` comes out with no rows and a note: nn.MultiheadAttention
+never calls that nn.Linear (its fused attention reads the weight directly).
 """
 
 import torch
@@ -21,33 +23,42 @@ model = nn.Sequential(
 inputs = torch.randn(512, 8, 16)
 labels = (inputs[:, :, 0].sum(dim=1) > 0).long()  # depends on one input direction only
 
-probes = attach_probes(model, ["0", "2.linear*", "4"])  # glob patterns on qualified names
-head = LARProbe(model[4], keep_gram=True)  # with XᵀX: spectra and the spectral summary too
-
 
 def measure() -> None:
+    """One no-grad pass over the inputs, in eval mode (no dropout); only it is recorded."""
     probes.reset()
     head.reset()
-    with torch.no_grad():  # only no-grad passes are recorded
+    model.eval()
+    with torch.no_grad():
         for batch in inputs.split(128):
             model(batch)
+    model.train()
 
 
-measure()
-before = probes.table().set_index("name")["lar"]
+def train(steps: int) -> None:
+    """Full-batch AdamW; these passes run with grad, so the probes ignore them."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(steps):
+        loss = nn.functional.cross_entropy(model(inputs), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
 
-optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-for _ in range(200):  # training passes run with grad: the probes ignore them
-    loss = nn.functional.cross_entropy(model(inputs), labels)
-    optimizer.zero_grad()
-    loss.backward()
-    optimizer.step()
 
-measure()
-table = probes.table()
+# "*": every nn.Linear; glob patterns on qualified names pick some, e.g. ["0", "2.linear*"].
+# Leaving the `with` block removes the hooks.
+with attach_probes(model, "*") as probes, LARProbe(model[4], keep_gram=True) as head:
+    measure()
+    before = probes.table().set_index("name")["lar"]
+    train(200)
+    measure()
+    table = probes.table()
+    k = head.summary()["k_lar"]  # keep_gram: spectra and the spectral summary too
+    head_line = f"head: LAR {head.value():.3f}, k_LAR {k:.1f} of {head.in_features}"
+
 table["lar_at_init"] = table["name"].map(before)
-print(table.to_string(index=False))
-k = head.summary()["k_lar"]
-print(f"head: LAR {head.value():.3f}, k_LAR {k:.1f} of {head.module.in_features}")
-probes.remove()
-head.remove()
+print(table.drop(columns="note").to_string(index=False))
+for name, note in zip(table["name"], table["note"], strict=True):
+    if note:
+        print(f"{name}: {note}")
+print(head_line)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Optional, get_args, get_type_hints
+from typing import Optional, get_args, get_origin, get_type_hints
 
 import pandas as pd
 import torch
@@ -18,6 +18,7 @@ from omegaconf.errors import (
     ValidationError,
 )
 
+from grokking.loggers import LoggerConfig, validate_logger
 from grokking.model import ModelConfig
 from grokking.tasks import TaskError, check_task, make_dataset, train_size
 
@@ -25,6 +26,12 @@ from grokking.tasks import TaskError, check_task, make_dataset, train_size
 class LarLayers(enum.Enum):
     unembed = "unembed"  # only the unembedding
     all = "all"  # every nn.Linear of the model
+
+
+class Precision(enum.Enum):
+    fp32 = "fp32"  # float32 everywhere
+    tf32 = "tf32"  # float32 storage, TensorFloat-32 matmuls (CUDA; the same as fp32 on a CPU)
+    bf16 = "bf16"  # bfloat16 autocast of the forward pass, float32 weights and optimizer
 
 
 @dataclass
@@ -59,9 +66,12 @@ class TrainConfig:
     memorization_threshold: float = 0.99  # train accuracy that counts as memorized
     grokking_threshold: float = 0.99  # validation accuracy that counts as grokked
     lar_layers: LarLayers = LarLayers.all
+    precision: Precision = Precision.fp32  # LAR sums are float64 whatever this says
+    checkpoint_every: int = 0  # keep checkpoints/epoch_N.pt every N epochs; 0: off
     device: str = "auto"  # auto: cuda when available, else cpu
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
     sweep_name: Optional[str] = None  # noqa: UP045 — the sweep file that made this run
+    logger: LoggerConfig = field(default_factory=LoggerConfig)  # TensorBoard, W&B or none
 
     def __post_init__(self):
         if self.split_seed is None:
@@ -69,7 +79,7 @@ class TrainConfig:
 
 
 # Fields that change how fast a run goes but not what it computes: a resumed run may differ here.
-RUNTIME_FIELDS = ("device", "threads", "eval_batch_size")
+RUNTIME_FIELDS = ("device", "threads", "eval_batch_size", "checkpoint_every", "logger")
 
 # Where each argument of grokking/tasks.py sits in this config.
 _TASK_ARGUMENTS = {"task": "task", "p": "task.p", "train_fraction": "train_fraction"}
@@ -102,6 +112,10 @@ def validate(cfg: TrainConfig) -> None:
     for name in ("memorization_threshold", "grokking_threshold"):
         value = getattr(cfg, name)
         _require(0 < value <= 1, f"{name}: must lie in (0, 1], got {value}")
+    _require(
+        cfg.checkpoint_every >= 0,
+        f"checkpoint_every: must be ≥ 0 (0 = off), got {cfg.checkpoint_every}",
+    )
     _require(cfg.threads >= 0, f"threads: must be ≥ 0 (0 = torch's default), got {cfg.threads}")
     _require(
         cfg.device == "auto" or cfg.device.split(":")[0] in ("cpu", "cuda", "mps"),
@@ -126,6 +140,10 @@ def validate(cfg: TrainConfig) -> None:
         value = getattr(cfg.optim, name)
         _require(0 <= value < 1, f"optim.{name}: must lie in [0, 1), got {value}")
     _require(cfg.optim.warmup_steps >= 0, "optim.warmup_steps: must be ≥ 0")
+    try:
+        validate_logger(cfg.logger)
+    except (ValueError, ImportError) as error:
+        raise ConfigError(str(error)) from None
 
 
 def devices_here() -> list[str]:
@@ -199,6 +217,8 @@ def _leaf_paths(schema: type, prefix: str = "") -> list[str]:
 def _allowed_values(key: str) -> str:
     parent, _, leaf = key.rpartition(".")
     hint = get_type_hints(_schema_at(parent))[leaf]
+    if get_origin(hint) is list:
+        return "a list such as [a,b]"
     types = [t for t in get_args(hint) or (hint,) if t is not type(None)]  # Optional[X] -> X
     if isinstance(types[0], type) and issubclass(types[0], enum.Enum):
         words = f"one of {', '.join(member.name for member in types[0])}"
@@ -213,7 +233,7 @@ def config_differences(stored: dict, current: dict) -> list[str]:
     return [
         f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
         for key in sorted(old.keys() | new.keys())
-        if key not in RUNTIME_FIELDS and old.get(key) != new.get(key)
+        if key.split(".")[0] not in RUNTIME_FIELDS and old.get(key) != new.get(key)
     ]
 
 

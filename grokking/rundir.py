@@ -11,17 +11,29 @@ through it: the format lives here and nowhere else.
         grokking.pt           same, when the run grokked
         final.pt              same, at the last epoch trained
         last.pt               everything needed to resume (see training.py)
+      .lock                   held (flock) by the one process that trains the run
 
-Every write goes to a temporary file in the same folder and is renamed over the target, so a
-kill at any instant leaves each file either old or new, never half written.
+Every write goes to a temporary file `.NAME.*.tmp` in the same folder, is synced to disk and
+renamed over the target, and the folder is synced: a kill or a power loss at any instant leaves
+each file either old or new, never half written or empty. A full disk raises `DiskFull` and
+leaves the old file. Checkpoints load with weights_only=True: a file that is damaged, or that
+holds anything but tensors and plain values, raises `DamagedCheckpoint` and runs no code.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
-import tempfile
+import pickle
+import secrets
+import shutil
+import socket
+import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +45,8 @@ METRICS = "metrics.parquet"
 MATRIX_LAR = "matrix_lar.parquet"
 MEASURES = "checkpoint_measures.parquet"  # the analysis' cache (analysis/measure.py)
 CHECKPOINT_KINDS = ("memorization", "grokking", "final")
+LOCK = ".lock"
+TEMPORARY = ".*.tmp"  # what atomic_write leaves behind when it is killed mid-write
 
 # Statuses a run can have in summary.json.
 RUNNING, COMPLETED, FAILED, INTERRUPTED = "running", "completed", "failed", "interrupted"
@@ -62,22 +76,85 @@ METRIC_COLUMNS = [
 MATRIX_COLUMNS = ["epoch", "step", "name", "layer", "role", "lar"]
 
 
+class RunLocked(RuntimeError):
+    """Another process (or another `lock()` in this one) holds the run folder."""
+
+
+class DiskFull(OSError):
+    """A write failed for lack of space; the file it was replacing is unchanged."""
+
+
+class DamagedCheckpoint(RuntimeError):
+    """A checkpoint that cannot be loaded: truncated, corrupt, or not written by this project."""
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call `write(tmp)` on a temporary path beside `path`, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    """Call `write(tmp)` on a temporary path beside `path`, then rename it over `path`.
+
+    The file is synced before the rename and the folder after it, so that after a power loss
+    `path` holds the old or the new content, never an empty file. A lack of space raises
+    `DiskFull`; whatever fails, the temporary file is removed."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
-        write(Path(tmp))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # created by us rather than by mkstemp (0600), so that the umask decides who may read
+        # the results, as it does for every other file of the run
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        write(tmp)
+        _fsync(tmp)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as error:
+        full = _disk_full(error, path)  # measured while the partial file still takes its space
+        tmp.unlink(missing_ok=True)
+        if full is not None:
+            raise full from error
         raise
+    _fsync(path.parent)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# torch.save reports a failed write as a RuntimeError without its errno ("unexpected pos",
+# "iostream error"): one that stopped with less than this left free ran out of space
+ALMOST_FULL = 2**20  # bytes
+
+
+def _disk_full(error: BaseException, path: Path) -> DiskFull | None:
+    """`error` as a DiskFull if it comes from a lack of space, else None."""
+    no_space = isinstance(error, OSError) and error.errno == errno.ENOSPC
+    if not (no_space or isinstance(error, RuntimeError)):
+        return None
+    usage = shutil.disk_usage(next(folder for folder in path.parents if folder.exists()))
+    if not no_space and usage.free >= ALMOST_FULL:
+        return None
+    return DiskFull(
+        errno.ENOSPC,
+        f"the disk is full: could not write {path} ({_size(usage.free)} free of "
+        f"{_size(usage.total)}); its previous version, if any, is unchanged",
+    )
+
+
+def _size(n_bytes: int) -> str:
+    if n_bytes < 1024:
+        return f"{n_bytes} B"
+    size = n_bytes / 1024
+    for unit in ("KiB", "MiB", "GiB"):
+        if size < 1024:
+            return f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"
 
 
 class RunDir:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        self._lock_fd: int | None = None  # open while this object holds the run's lock
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
@@ -101,7 +178,64 @@ class RunDir:
         atomic_write(self.path / SUMMARY, lambda tmp: tmp.write_text(text))
 
     def status(self) -> str | None:
-        return self.read_summary().get("status") if self.exists() else None
+        """The summary's status, except that a run said to be running whose lock is free is
+        interrupted: its process is gone."""
+        if not self.exists():
+            return None
+        status = self.read_summary().get("status")
+        return INTERRUPTED if status == RUNNING and not self.is_locked() else status
+
+    # --- one process per run -------------------------------------------------------------
+    @contextmanager
+    def lock(self) -> Iterator[RunDir]:
+        """Hold the run folder (created if need be) for the whole `with` block; RunLocked at
+        once if another process, or another `lock()` in this one, holds it. The OS releases the
+        lock when the process ends, however it ends."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            if not _try_flock(fd, fcntl.LOCK_EX, patience_s=0.1):
+                raise RunLocked(
+                    f"{self.path} is in use by {_holder(fd)}: one process per run folder; wait "
+                    "for it to end or stop it"
+                )
+            holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": _now()}
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(holder).encode(), 0)
+            self._lock_fd = fd
+            try:
+                yield self
+            finally:
+                self._lock_fd = None
+                os.ftruncate(fd, 0)  # no stale holder for the next one to report
+        finally:
+            os.close(fd)  # releases the lock
+
+    def is_locked(self) -> bool:
+        """Whether a process holds the run folder; takes nothing and creates nothing."""
+        try:
+            fd = os.open(self.path / LOCK, os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            # a shared lock conflicts only with a holder's exclusive one; dropped at once
+            return not _try_flock(fd, fcntl.LOCK_SH, patience_s=0)
+        finally:
+            os.close(fd)
+
+    def clean_temporary_files(self) -> list[Path]:
+        """Remove what interrupted atomic writes left behind (`.NAME.*.tmp`, in the run folder
+        and checkpoints/); returns the paths removed. Only under the lock: without it, a file
+        could belong to a write still going on in another process."""
+        if self._lock_fd is None:
+            raise RuntimeError(
+                f"clean_temporary_files needs the lock of {self.path}: call it inside "
+                "`with run.lock():`"
+            )
+        leftovers = sorted([*self.path.glob(TEMPORARY), *self.checkpoint_dir.glob(TEMPORARY)])
+        for path in leftovers:
+            path.unlink()
+        return leftovers
 
     # --- tables --------------------------------------------------------------------------
     def write_metrics(self, rows: list[dict]) -> None:
@@ -134,9 +268,28 @@ class RunDir:
         return self.checkpoint_path(name).is_file()
 
     def load_checkpoint(self, name: str, map_location: str | torch.device = "cpu") -> dict:
-        # weights_only: a checkpoint holds tensors and plain Python values only, so a crafted
-        # file cannot run code when it is loaded (torch refuses anything else)
-        return torch.load(self.checkpoint_path(name), map_location=map_location, weights_only=True)
+        """The checkpoint `name`; DamagedCheckpoint if it cannot be read back."""
+        path = self.checkpoint_path(name)
+        try:
+            # weights_only: a checkpoint holds tensors and plain Python values only, so a
+            # crafted file cannot run code when it is loaded (torch refuses anything else)
+            return torch.load(path, map_location=map_location, weights_only=True)
+        except OSError:
+            raise  # missing or unreadable: about the file system, not the file's content
+        except Exception as error:
+            what = (
+                # what torch's safe unpickler refuses: anything but tensors and plain values
+                "is not a checkpoint this project wrote, or is corrupt (it asks for more than "
+                "tensors and plain values; refused, nothing in it ran)"
+                if isinstance(error, pickle.UnpicklingError)
+                else "is damaged (truncated or corrupt)"
+            )
+            todo = (
+                "move it aside to restart the run from scratch"
+                if name == "last"
+                else "move it aside; only training the run again remakes it"
+            )
+            raise DamagedCheckpoint(f"{path} {what}: {todo}") from error
 
     def config(self):
         """The run's TrainConfig, as stored in summary.json."""
@@ -152,6 +305,33 @@ class RunDir:
         _, model = build(self.config(), device)
         model.load_state_dict(self.load_checkpoint(kind, map_location=device)["model"])
         return model.eval()
+
+
+def _try_flock(fd: int, mode: int, patience_s: float) -> bool:
+    """Take the flock `mode` on `fd`, retrying for `patience_s`: lock() is patient for a moment
+    because is_locked() in another process may hold a shared lock for a few microseconds."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+
+
+def _holder(fd: int) -> str:
+    """Who holds the lock, as it wrote itself into the lock file."""
+    try:
+        holder = json.loads(os.pread(fd, 4096, 0))
+        return f"pid {holder['pid']} on {holder['host']} since {holder['since']}"
+    except (ValueError, KeyError, TypeError):
+        return "another process (not yet named in the lock file)"
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def find_runs(*roots: str | os.PathLike) -> Iterator[RunDir]:

@@ -22,8 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from grokking.config import ConfigError, TrainConfig, check_device_here, from_dict, validate
 from grokking.hydra_errors import COMPOSITION_ERRORS, explain
+from grokking.record import check_same_config
 from grokking.rundir import COMPLETED, FAILED, RunDir
-from grokking.training import check_same_config
 
 
 def to_train_config(cfg: DictConfig) -> TrainConfig:
@@ -67,8 +67,11 @@ def job_dir(job_config: DictConfig) -> Path:
 
 
 def runs_elsewhere(config: DictConfig) -> bool:
-    """Whether the launcher runs the jobs on other machines (SLURM), whose devices differ."""
-    return str(OmegaConf.select(config, "hydra.launcher._target_")).endswith("SlurmLauncher")
+    """Whether the launcher runs the jobs on SLURM nodes, whose devices may differ from here's
+    (hydra/launcher=slurm, or packed_slurm's `slurm` section)."""
+    launcher = OmegaConf.select(config, "hydra.launcher") or {}
+    target = str(launcher.get("_target_", ""))
+    return target.endswith("SlurmLauncher") or launcher.get("slurm") is not None
 
 
 def default_threads(hydra_cfg: DictConfig) -> int:

@@ -1,11 +1,15 @@
-"""The training loop: shuffled epochs, AdamW with linear warm-up, an evaluation every
-`eval_every` epochs over the full splits with the unembedding's LAR over the entire training set,
-memorization and grokking events, and a run directory that resumes after a kill.
+"""The training loop for one run or a pack of runs: shuffled epochs, AdamW with linear warm-up,
+an evaluation every `eval_every` epochs over the full splits with every dense matrix's LAR over the
+entire training set, memorization and grokking events, and run folders that resume after a kill.
 
-Resume: `last.pt` holds the model, optimizer, scheduler and batch-order RNG states, the epoch and
-every metric row so far, saved at each evaluation and when SIGTERM/SIGUSR2 arrives. Training from
-it replays exactly what an uninterrupted run computes (bit-identical on the CPU at a fixed thread
-count), since nothing else feeds the loop.
+A single run is a pack of one: `train(cfg, run_dir)` is `train_pack([(cfg, run_dir)])`. The engine
+(engine.py) computes; each run's record (record.py) decides what a result means for its run and
+writes its folder. A member stops at its own stop epoch and then leaves the pack.
+
+Resume: each member's `last.pt` holds its weights, AdamW moments, step, batch-order RNG state,
+epoch and every metric row so far, saved at each evaluation and when SIGTERM/SIGUSR2 arrives.
+Training from it replays exactly what an uninterrupted run computes (bit-identical on the CPU at
+a fixed thread count), since nothing else feeds the loop.
 """
 
 from __future__ import annotations
@@ -15,20 +19,19 @@ import math
 import signal
 import sys
 import threading
-import time
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from contextlib import ExitStack
+from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-import grokking
-from grokking.build import build
-from grokking.config import ConfigError, LarLayers, TrainConfig, config_differences, to_dict
-from grokking.lar import LARProbe, attach_probes, k_lar
-from grokking.model import matrix_role
-from grokking.rundir import COMPLETED, FAILED, INTERRUPTED, RUNNING, RunDir
+from grokking.config import ConfigError, TrainConfig
+from grokking.engine import Engine, resolve_device
+from grokking.packing import pack_key
+from grokking.record import RunRecord
+from grokking.rundir import FAILED
 
 log = logging.getLogger("grokking")
 
@@ -46,53 +49,6 @@ class Interrupted(RuntimeError):
     def __init__(self, signum: int):
         super().__init__(f"stopped by {signal.Signals(signum).name}")
         self.signum = signum
-
-
-@dataclass
-class Events:
-    memorization_epoch: int | None = None
-    grokking_epoch: int | None = None
-
-    def update(self, epoch: int, train_acc: float, val_acc: float, cfg: TrainConfig) -> list[str]:
-        """Record the first memorization and the first grokking evaluation; return what
-        happened at this one. Memorization: train acc ≥ its threshold while validation acc is
-        still below the grokking threshold (and the run has not grokked yet)."""
-        if train_acc < cfg.memorization_threshold:
-            return []
-        if val_acc >= cfg.grokking_threshold:
-            if self.grokking_epoch is None:
-                self.grokking_epoch = epoch
-                return ["grokking"]
-        elif self.memorization_epoch is None and self.grokking_epoch is None:
-            self.memorization_epoch = epoch
-            return ["memorization"]
-        return []
-
-
-def stop_reason(epoch: int, events: Events, cfg: TrainConfig) -> str | None:
-    """Why training stops after this evaluation, or None to go on."""
-    if events.grokking_epoch is not None and epoch >= cfg.stop_factor * events.grokking_epoch:
-        return f"reached {cfg.stop_factor:g} x the grokking epoch"
-    if epoch >= cfg.max_epochs:
-        return "reached max_epochs"
-    return None
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-@torch.no_grad()
-def evaluate(model, inputs, labels, batch_size: int) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) over all of `inputs`, in no-grad chunks."""
-    loss_sum, correct = 0.0, 0
-    for x, y in zip(inputs.split(batch_size), labels.split(batch_size), strict=True):
-        logits = model(x)
-        loss_sum += F.cross_entropy(logits.double(), y, reduction="sum").item()
-        correct += (logits.argmax(dim=-1) == y).sum().item()
-    return loss_sum / len(labels), correct / len(labels)
 
 
 class _SignalCatcher:
@@ -122,246 +78,144 @@ class _SignalCatcher:
         raise Interrupted(self.signum)
 
 
-@dataclass
-class _State:
-    epoch: int = 0
-    step: int = 0
-    wall_s: float = 0.0  # training time before this process started
-    events: Events = field(default_factory=Events)
-    metrics: list[dict] = field(default_factory=list)
-    matrix_lar: list[dict] = field(default_factory=list)
+def train(cfg: TrainConfig, run_dir) -> dict:
+    """Train the run described by `cfg` into `run_dir`: start it, resume it from last.pt, or
+    leave it alone when it has completed. Returns its summary; RunFailed on a NaN loss."""
+    (summary,) = train_pack([(cfg, run_dir)])
+    if summary["status"] == FAILED:
+        raise RunFailed(summary["failure"])
+    return summary
 
 
-class Trainer:
-    """One run: data, model, optimizer and its directory. `run()` trains to the end."""
+def train_pack(members: Sequence[tuple[TrainConfig, str | Path]]) -> list[dict]:
+    """Train runs (config, run folder) as one stacked model; each ends exactly as it would alone.
+    Completed runs are skipped, interrupted ones resume. Returns every run's summary (a failed
+    run has status failed and does not stop the others); Interrupted on a stop signal."""
+    cfgs = [cfg for cfg, _ in members]
+    keys = {pack_key(cfg) for cfg in cfgs}
+    if len(keys) > 1:
+        raise ConfigError("runs of one pack must agree in shapes and shared settings (packing.py)")
+    if cfgs[0].threads:
+        torch.set_num_threads(cfgs[0].threads)
+    _log_to_console_if_nobody_does()
+    device = resolve_device(cfgs[0].device)
+    records = [RunRecord(cfg, run_dir, device) for cfg, run_dir in members]
+    with ExitStack() as cleanup:
+        for record in records:
+            cleanup.callback(record.close)
+        todo = [record for record in records if not record.completed()]
+        saved = {id(record): record.resume() for record in todo}
+        by_step: dict[int, list[RunRecord]] = {}
+        for record in todo:  # members must share the step count: AdamW's is shared
+            state = saved[id(record)]
+            by_step.setdefault(state["optimizer_step"] if state else 0, []).append(record)
+        for group in by_step.values():
+            _train_together(group, [saved[id(record)] for record in group], device)
+    return [record.summary for record in records]
 
-    def __init__(self, cfg: TrainConfig, run_dir):
-        self.cfg = cfg
-        self.run_dir = RunDir(run_dir)
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        self.device = resolve_device(cfg.device)
-        splits, self.model = build(cfg, self.device)
-        self.train_x, self.train_y, self.val_x, self.val_y = splits  # all of it on the device
-        o = cfg.optim
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(),
-            lr=o.lr,
-            betas=(o.beta1, o.beta2),
-            weight_decay=o.weight_decay,
-            fused=self.device.type in ("cpu", "cuda"),  # one kernel: 3x faster step on CPU
-        )
-        warmup = max(o.warmup_steps, 1)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: min(1.0, (step + 1) / warmup)
-        )
-        self.batch_order = torch.Generator().manual_seed(cfg.seed)
 
-        self.unembed_probe = LARProbe(self.model.unembed, keep_gram=True)
-        pattern = "*" if cfg.lar_layers == LarLayers.all else "unembed"
-        self.matrix_probes = attach_probes(self.model, pattern)
-        self.state = _State()
-        self._started = time.perf_counter()
+def _train_together(records: list[RunRecord], saved: list[dict | None], device) -> None:
+    engine = Engine([record.cfg for record in records], device)
+    if saved[0] is None:
+        for record in records:
+            record.start()
+        _evaluate(engine, records)  # epoch 0: the models at initialisation
+    else:
+        engine.load_member_states(saved)
+        for index, record in enumerate(records):  # killed between its last evaluation and final
+            reason = record.stop_reason()
+            if reason:
+                record.finish(reason, engine.member_state(index))
+    records = _keep_active(engine, records)
+    with _SignalCatcher() as signals, _progress(records) as bar:
+        while records:
+            losses = engine.train_epoch()
+            bar.update(1)
+            for record, loss in zip(records, losses, strict=True):
+                record.epoch, record.step = record.epoch + 1, engine.step
+                if not math.isfinite(loss):
+                    record.fail(f"loss is {loss} at epoch {record.epoch}")
+            _evaluate(engine, [r for r in records if r.active and r.evaluation_due()], records)
+            for index, record in enumerate(records):
+                every = record.cfg.checkpoint_every
+                if record.active and every and record.epoch % every == 0:
+                    record.save_epoch_checkpoint(engine.model_state(index))
+            records = _keep_active(engine, records)
+            _show(bar, records)
+            if signals.signum is not None and records:
+                name = signal.Signals(signals.signum).name
+                for index, record in enumerate(records):
+                    record.interrupt(engine.member_state(index), name)
+                signals.forward()
 
-    # --- the loop ------------------------------------------------------------------------
-    def run(self) -> dict:
-        """Train until the stop rule fires; returns the summary. Raises RunFailed on a NaN
-        loss and Interrupted on a stop signal (after saving last.pt)."""
-        if self.run_dir.has_checkpoint("last"):
-            self._restore()
-            log.info("resuming %s from epoch %d", self.run_dir.path, self.state.epoch)
+
+def _evaluate(engine: Engine, due: list[RunRecord], pack: list[RunRecord] | None = None) -> None:
+    """Evaluate the pack; the `due` records note it, save last.pt, and finish when they stop."""
+    if not due:
+        return
+    pack = pack or due
+    results = engine.evaluate()
+    lr = engine.lr_at(engine.step)
+    for record in due:
+        index = pack.index(record)
+        reason = record.record(results[index], lr, lambda i=index: engine.model_state(i))
+        if reason:
+            record.finish(reason, engine.member_state(index))
         else:
-            self._write_summary(RUNNING)
-            self._evaluate()  # epoch 0: the model at initialisation
-            self._save_last()
-        reason = stop_reason(self.state.epoch, self.state.events, self.cfg)
-        with _SignalCatcher() as signals, self._progress() as bar:
-            while reason is None:
-                self._train_epoch()
-                bar.update(1)
-                if self.state.epoch % self.cfg.eval_every == 0 or (
-                    self.state.epoch >= self.cfg.max_epochs
-                ):
-                    self._evaluate()
-                    bar.total = self._expected_epochs()
-                    bar.set_postfix(self._postfix())
-                    reason = stop_reason(self.state.epoch, self.state.events, self.cfg)
-                    self._save_last()
-                if signals.signum is not None and reason is None:
-                    self._save_last()
-                    self._write_summary(INTERRUPTED)
-                    log.warning(
-                        "%s at epoch %d: saved last.pt; rerun the same command to resume",
-                        signal.Signals(signals.signum).name,
-                        self.state.epoch,
-                    )
-                    signals.forward()
-        log.info("stopping at epoch %d: %s", self.state.epoch, reason)
-        self.run_dir.save_checkpoint("final", self._model_checkpoint())
-        return self._write_summary(COMPLETED, stop_reason=reason)
+            record.save_last(engine.member_state(index))
 
-    def _train_epoch(self) -> None:
-        self.model.train()
-        order = torch.randperm(len(self.train_y), generator=self.batch_order).to(self.device)
-        loss_sum = torch.zeros((), device=self.device)
-        for batch in order.split(self.cfg.batch_size):
-            loss = F.cross_entropy(self.model(self.train_x[batch]), self.train_y[batch])
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            self.scheduler.step()
-            loss_sum += loss.detach()
-            self.state.step += 1
-        self.state.epoch += 1
-        if not torch.isfinite(loss_sum):  # one sync per epoch, not per step
-            message = f"loss is {loss_sum.item()} at epoch {self.state.epoch}"
-            self._write_summary(FAILED, failure=message)
-            raise RunFailed(message)
 
-    def _evaluate(self) -> None:
-        """Full-split loss and accuracy, then LAR over the entire training set."""
-        self.model.eval()
-        bs = self.cfg.eval_batch_size
-        val_loss, val_acc = evaluate(self.model, self.val_x, self.val_y, bs)
-        self.unembed_probe.reset()
-        self.matrix_probes.reset()  # only the training-set pass below is recorded
-        train_loss, train_acc = evaluate(self.model, self.train_x, self.train_y, bs)
-        epoch, step = self.state.epoch, self.state.step
-        row = {
-            "epoch": epoch,
-            "step": step,
-            "wall_s": self._wall_s(),
-            "lr": self.scheduler.get_last_lr()[0],
-            "train_loss": train_loss,
-            "train_acc": train_acc,
-            "val_loss": val_loss,
-            "val_acc": val_acc,
-        }
-        row.update(self.unembed_probe.summary())
-        row["lar"] = self.unembed_probe.value()  # Eq. 1 (the spectral form agrees to ~1e-7)
-        row["k_lar"] = k_lar(row["lar"], self.model.unembed.in_features)
-        self.state.metrics.append(row)
-        for name, probe in self.matrix_probes:
-            layer, role = matrix_role(name)
-            self.state.matrix_lar.append(
-                {"epoch": epoch, "step": step, "name": name, "layer": layer, "role": role}
-                | {"lar": probe.value()}
-            )
-        if not sys.stderr.isatty():
-            log.info(
-                "epoch %d  train_acc %.3f  val_acc %.3f  train_loss %.3g  lar %.4f",
-                epoch,
-                train_acc,
-                val_acc,
-                train_loss,
-                row["lar"],
-            )
-        accuracies = (train_acc, val_acc)
-        for kind in self.state.events.update(epoch, *accuracies, self.cfg):
-            log.info(
-                "%s at epoch %d (train_acc %.3f, val_acc %.3f)", kind, epoch, train_acc, val_acc
-            )
-            self.run_dir.save_checkpoint(kind, self._model_checkpoint())
+def _keep_active(engine: Engine, records: list[RunRecord]) -> list[RunRecord]:
+    """Drop the members that completed or failed from the pack: they cost nothing more."""
+    keep = [index for index, record in enumerate(records) if record.active]
+    if keep:
+        engine.keep(keep)
+    return [records[index] for index in keep]
 
-    # --- the run directory ---------------------------------------------------------------
-    def _wall_s(self) -> float:
-        return self.state.wall_s + time.perf_counter() - self._started
 
-    def _model_checkpoint(self) -> dict:
-        return {
-            "model": self.model.state_dict(),
-            "epoch": self.state.epoch,
-            "step": self.state.step,
-        }
+# --- following a run ------------------------------------------------------------------------
+def _log_to_console_if_nobody_does() -> None:
+    """From plain Python or Jupyter, with no logging set up, still show the run's log lines."""
+    if not logging.getLogger().handlers and not log.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("[%(asctime)s] %(message)s", "%H:%M:%S"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
 
-    def _save_last(self) -> None:
-        self.run_dir.write_metrics(self.state.metrics)
-        self.run_dir.write_matrix_lar(self.state.matrix_lar)
-        state = self.state
-        self.run_dir.save_checkpoint(
-            "last",
-            self._model_checkpoint()
-            | {
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "batch_order": self.batch_order.get_state(),
-                "wall_s": self._wall_s(),
-                "events": vars(state.events),
-                "metrics": state.metrics,
-                "matrix_lar": state.matrix_lar,
-                "config": to_dict(self.cfg),
-            },
-        )
-        self._write_summary(RUNNING)
 
-    def _restore(self) -> None:
-        saved = self.run_dir.load_checkpoint("last", map_location=self.device)
-        self.model.load_state_dict(saved["model"])
-        self.optimizer.load_state_dict(saved["optimizer"])
-        self.scheduler.load_state_dict(saved["scheduler"])
-        self.batch_order.set_state(saved["batch_order"])
-        self.state = _State(
-            epoch=saved["epoch"],
-            step=saved["step"],
-            wall_s=saved["wall_s"],
-            events=Events(**saved["events"]),
-            metrics=saved["metrics"],
-            matrix_lar=saved["matrix_lar"],
-        )
+def _in_notebook() -> bool:
+    return "ipykernel" in sys.modules
 
-    def _write_summary(self, status: str, **extra) -> dict:
-        cfg, state = self.cfg, self.state
-        final = state.metrics[-1] if state.metrics else {}
-        summary = {
-            "status": status,
-            "task": cfg.task.name,
-            "p": cfg.task.p,
-            "train_fraction": cfg.train_fraction,
-            "seed": cfg.seed,
-            "split_seed": cfg.split_seed,
-            "batch_size": cfg.batch_size,
-            "sweep_name": cfg.sweep_name,
-            "n_train": len(self.train_y),
-            "n_val": len(self.val_y),
-            "memorization_epoch": state.events.memorization_epoch,
-            "grokking_epoch": state.events.grokking_epoch,
-            "final_epoch": state.epoch,
-            "final": {k: final[k] for k in ("train_acc", "val_acc", "train_loss", "lar", "k_lar")}
-            if final
-            else {},
-            "wall_s": self._wall_s(),
-            "device": str(self.device),
-            "threads": torch.get_num_threads(),
-            "version": grokking.__version__,
-            "config": to_dict(cfg),
-        } | extra
-        self.run_dir.write_summary(summary)
-        return summary
 
-    # --- the terminal --------------------------------------------------------------------
-    def _progress(self):
-        """A progress bar over epochs on a terminal; nothing otherwise (evaluations log)."""
-        bar = tqdm(
-            total=self._expected_epochs(),
-            initial=self.state.epoch,
-            desc=f"{self.cfg.task.name} seed {self.cfg.seed}",
-            unit="epoch",
-            disable=not sys.stderr.isatty(),
-            dynamic_ncols=True,
-        )
-        bar.set_postfix(self._postfix())
-        return _BarWithLogging(bar)
+def _progress(records: list[RunRecord]):
+    """A progress bar over epochs on a terminal or in a notebook; nothing otherwise (then each
+    evaluation logs a line)."""
+    shown = sys.stderr.isatty() or _in_notebook()
+    for record in records:
+        record.evaluations_on_console = not shown
+    first = records[0] if records else None
+    bar = tqdm(
+        total=max((r.expected_epochs() for r in records), default=0),
+        initial=first.epoch if first else 0,
+        desc=first.label if len(records) == 1 else f"pack of {len(records)} runs",
+        unit="epoch",
+        disable=not shown or not records,
+        dynamic_ncols=True,
+    )
+    _show(bar, records)
+    return _BarWithLogging(bar)
 
-    def _expected_epochs(self) -> int:
-        """The epoch training will stop at, as far as known: the budget, until the run groks."""
-        grokked = self.state.events.grokking_epoch
-        if grokked is None:
-            return self.cfg.max_epochs
-        return min(self.cfg.max_epochs, math.ceil(self.cfg.stop_factor * grokked))
 
-    def _postfix(self) -> dict:
-        last = self.state.metrics[-1]
-        return {k: f"{last[k]:.3f}" for k in ("train_acc", "val_acc", "lar")}
+def _show(bar, records: list[RunRecord]) -> None:
+    if not records:
+        return
+    bar.total = max(record.expected_epochs() for record in records)
+    if len(records) == 1 and records[0].metrics:
+        last = records[0].metrics[-1]
+        bar.set_postfix({k: f"{last[k]:.3f}" for k in ("train_acc", "val_acc", "lar")})
+    else:
+        grokked = sum(record.events.grokking_epoch is not None for record in records)
+        bar.set_postfix({"training": len(records), "grokked": grokked})
 
 
 class _BarWithLogging:
@@ -369,7 +223,9 @@ class _BarWithLogging:
 
     def __init__(self, bar):
         self.bar = bar
-        self._redirect = logging_redirect_tqdm(loggers=[logging.getLogger()])
+        # only loggers that print: a handler added to the root would print every line twice
+        loggers = [logger for logger in (logging.getLogger(), log) if logger.handlers]
+        self._redirect = logging_redirect_tqdm(loggers=loggers)
 
     def __enter__(self):
         self._redirect.__enter__()
@@ -378,32 +234,3 @@ class _BarWithLogging:
     def __exit__(self, *exc):
         self.bar.close()
         self._redirect.__exit__(*exc)
-
-
-def check_same_config(cfg: TrainConfig, run_dir) -> dict | None:
-    """The summary of the run already in `run_dir` (None if there is none); ConfigError if that
-    run was made with another config, so that nothing of it is overwritten."""
-    run = RunDir(run_dir)
-    if not run.exists():
-        return None
-    summary = run.read_summary()
-    differences = config_differences(summary.get("config", {}), to_dict(cfg))
-    if differences:
-        raise ConfigError(
-            f"{run.path} holds a run with another config ({'; '.join(differences)}); "
-            "choose another output directory (hydra.run.dir=...)"
-        )
-    return summary
-
-
-def train(cfg: TrainConfig, run_dir) -> dict:
-    """Train the run described by `cfg` into `run_dir`: start it, resume it from last.pt, or
-    leave it alone when it has completed. Returns its summary."""
-    summary = check_same_config(cfg, run_dir)
-    if summary and summary.get("status") == COMPLETED:
-        log.info("%s already completed at epoch %s; nothing to do", run_dir, summary["final_epoch"])
-        return summary
-    summary = Trainer(cfg, run_dir).run()
-    if summary["grokking_epoch"] is None:
-        log.info("did not grok within %d epochs", summary["final_epoch"])
-    return summary

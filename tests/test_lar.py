@@ -1,5 +1,8 @@
 import math
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -12,8 +15,10 @@ from grokking.lar import (
     lar_from_correlation,
     lar_from_covariance,
     lar_from_spectra,
+    pearson,
     spectra,
     spectral_summary,
+    sum_of_squares,
 )
 
 
@@ -140,7 +145,7 @@ def test_streamed_probe_equals_one_shot_value(bias):
 
 
 def test_probe_refuses_a_module_that_is_not_linear():
-    with pytest.raises(TypeError, match="needs an nn.Linear, got Conv1d"):
+    with pytest.raises(TypeError, match="needs an nn.Linear or a transformers Conv1D, got Conv1d"):
         LARProbe(nn.Conv1d(3, 3, 1))
 
 
@@ -162,5 +167,112 @@ def test_attach_probes_matches_qualified_names_on_a_plain_torch_model():
     assert table["rows"].tolist() == [30, 30]
     assert table["in_features"].tolist() == [8, 16]
     assert table.loc[0, "lar"] == pytest.approx(lar(model[0].weight, x), abs=1e-6)
-    with pytest.raises(ValueError, match="matches no nn.Linear; the model has"):
+    with pytest.raises(ValueError, match="matches no nn.Linear or Conv1D; the model has"):
         attach_probes(model, "nothing*")
+
+
+def test_probe_as_context_manager_removes_its_hook_on_exit():
+    layer = nn.Linear(6, 4)
+    inputs = torch.randn(10, 6)
+    with LARProbe(layer) as probe, torch.no_grad():
+        layer(inputs)
+        assert probe.rows == 10
+    with torch.no_grad():
+        layer(inputs)
+    assert probe.rows == 10
+    assert probe.value() == pytest.approx(lar(layer.weight, inputs), abs=1e-6)
+
+
+@pytest.mark.parametrize("train_mode", [True, False])  # the slow and the fused attention paths
+def test_table_reports_multihead_attention_out_proj_as_never_called(train_mode):
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, dropout=0.0, batch_first=True)
+    model = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).train(train_mode)
+    inputs = torch.randn(4, 5, 16)
+    with attach_probes(model, "*", keep_inputs=True) as probes, torch.no_grad():
+        model(inputs)
+        table = probes.table().set_index("name")
+    silent = ["layers.0.self_attn.out_proj", "layers.1.self_attn.out_proj"]
+    assert table.index.tolist() == [
+        f"layers.{i}.{part}"
+        for i in (0, 1)
+        for part in ("self_attn.out_proj", "linear1", "linear2")
+    ]
+    assert table.loc[silent, "rows"].tolist() == [0, 0]
+    assert table.loc[silent, "lar"].isna().all()
+    assert table.loc[silent, "note"].str.startswith("forward never called").all()
+    for name in table.index.drop(silent):
+        probe = probes[name]
+        assert table.loc[name, "rows"] == 20 and table.loc[name, "note"] == ""
+        assert table.loc[name, "lar"] == pytest.approx(lar(probe.weight, probe.inputs), abs=1e-6)
+    with pytest.raises(RuntimeError, match="recorded nothing: forward never called"):
+        probes[silent[0]].value()
+
+
+def test_note_says_when_every_call_ran_with_grad():
+    model = nn.Sequential(nn.Linear(4, 3))
+    with attach_probes(model) as probes:
+        model(torch.randn(2, 4))
+        table = probes.table()
+    assert table.loc[0, "rows"] == 0 and math.isnan(table.loc[0, "lar"])
+    assert table.loc[0, "note"].startswith("called only with grad enabled")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_sum_of_squares_of_low_precision_rows_is_exact_to_float32(dtype):
+    rows = (torch.randn(100, 64, generator=torch.Generator().manual_seed(0)) * 60).to(dtype)
+    exact = rows.double().square().sum().item()
+    assert sum_of_squares(rows) == pytest.approx(exact, rel=1e-6)  # not 3 digits, nor inf
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float16, 1e-5), (torch.bfloat16, 5e-5)])
+def test_low_precision_module_agrees_with_float64_lar(dtype, tolerance):
+    torch.manual_seed(0)
+    layer = nn.Linear(64, 32).to(dtype)
+    rows = torch.randn(256, 64)
+    inputs = (480 * rows / rows.norm(dim=1, keepdim=True)).to(dtype)  # 480² > 65504 = fp16 max
+    probe = LARProbe(layer)
+    with torch.no_grad():
+        layer(inputs)
+    assert probe.value() == pytest.approx(lar(layer.weight, inputs), abs=tolerance)
+
+
+def test_constant_vector_has_zero_correlation_and_others_match_numpy():
+    q = torch.rand(7, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    constant = torch.full((7,), 1 / 7, dtype=torch.float64)  # its mean rounds off 1/7
+    assert pearson(constant, q) == 0.0 and pearson(q, constant) == 0.0
+    p = torch.rand(7, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    assert pearson(p, q) == pytest.approx(np.corrcoef(p.numpy(), q.numpy())[0, 1], abs=1e-12)
+
+
+def test_probes_on_gpt2_conv1d_layers_equal_lar_on_their_captured_inputs():
+    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers.pytorch_utils import Conv1D
+
+    torch.manual_seed(0)
+    config = GPT2Config(
+        n_layer=2, n_embd=32, n_head=2, n_positions=16, vocab_size=50, bos_token_id=0,
+        eos_token_id=0,
+    )  # fmt: skip
+    model = GPT2LMHeadModel(config).eval()  # random weights: nothing is downloaded
+    convs = {name: m for name, m in model.named_modules() if isinstance(m, Conv1D)}
+    captured = {}
+    for name, module in convs.items():
+        module.register_forward_hook(
+            lambda _, args, out, name=name: captured.update({name: (args[0], out)})
+        )
+    with attach_probes(model, "*") as probes, torch.no_grad():
+        model(torch.randint(0, 50, (3, 16)))
+        table = probes.table().set_index("name")
+    assert len(convs) == 8 and sorted(table.index) == sorted([*convs, "lm_head"])
+    for name, module in convs.items():
+        x, y = captured[name]
+        assert torch.allclose(y, x @ module.weight + module.bias, atol=1e-5)  # stored [in, out]
+        row = table.loc[name]
+        assert (row["rows"], row["in_features"], row["out_features"]) == (48, *module.weight.shape)
+        assert row["lar"] == pytest.approx(lar(module.weight.T, x), abs=1e-6)
+
+
+def test_importing_the_package_does_not_import_transformers():
+    code = "import sys, grokking.lar; assert 'transformers' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)

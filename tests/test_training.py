@@ -12,9 +12,10 @@ from conftest import TINY_OVERRIDES, run_cli, tiny_config
 from grokking.config import ConfigError, config_differences, to_dict
 from grokking.lar import lar
 from grokking.model import Transformer
+from grokking.record import Events, stop_reason
 from grokking.rundir import MATRIX_COLUMNS, METRIC_COLUMNS, RunDir
 from grokking.tasks import make_dataset, split
-from grokking.training import Events, stop_reason, train
+from grokking.training import train
 
 
 def events_of(sequence, **fields):
@@ -211,7 +212,7 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path, uninterrupted):
     wait_for_epoch(run, 30, process)
     process.kill()
     process.wait()
-    assert run.status() == "running" and run.read_summary()["final_epoch"] < 150
+    assert run.status() == "interrupted" and run.read_summary()["final_epoch"] < 150
     resumed = run_cli(*LONG, "hydra.run.dir=run", cwd=tmp_path, check=True)
     assert "resuming" in resumed.stdout + resumed.stderr
     assert run.status() == "completed"

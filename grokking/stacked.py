@@ -1,0 +1,148 @@
+"""R copies of `Transformer` as one model: every parameter gets a leading member dimension and every
+dense map is one batched matmul, so R small runs cost about one launch each instead of R.
+
+The stacked model is built from R `Transformer`s (each initialised from its own seed) and hands
+each member's weights back under `Transformer`'s own state_dict names, so a member's checkpoint
+loads into `Transformer` unchanged. Its forward computes exactly what `Transformer.forward` computes
+for each member (the same operations in the same order; only LayerNorm's affine step is written out,
+since `F.layer_norm` takes one weight for the whole batch).
+
+A `MatrixSums` passed to `forward` accumulates, per member and per dense matrix, the sums of squares
+of its inputs and outputs (and XᵀX for the unembedding) in float64: Eq. 1 of the LAR needs no more.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from grokking.model import Transformer
+
+
+def dense_matrix_names(n_layers: int) -> list[str]:
+    """The qualified names of every dense matrix of a `Transformer`, in forward order."""
+    names = []
+    for layer in range(n_layers):
+        names += [f"blocks.{layer}.attn.{role}" for role in ("q", "k", "v", "o")]
+        names += [f"blocks.{layer}.mlp.{role}" for role in ("fc_in", "fc_out")]
+    return names + ["unembed"]
+
+
+def _row_sums_of_squares(rows: torch.Tensor) -> torch.Tensor:
+    """Σ of squared entries per member of a [R, M, d] tensor, in float64: row norms in float32
+    at least (float16 squares overflow), summed in float64."""
+    at_least_float32 = torch.promote_types(rows.dtype, torch.float32)
+    norms = torch.linalg.vector_norm(rows, dim=-1, dtype=at_least_float32)
+    return norms.double().square().sum(dim=-1)
+
+
+class MatrixSums:
+    """Per-member Σx², Σy² and row counts of the named dense matrices over the passes it sees,
+    and XᵀX of the matrices in `grams` — float64 tensors on the model's device."""
+
+    def __init__(self, names: Iterable[str], grams: Iterable[str] = ()):
+        self.names = set(names)
+        self.gram_names = set(grams)
+        self.sum_x2: dict[str, torch.Tensor] = {}
+        self.sum_y2: dict[str, torch.Tensor] = {}
+        self.rows: dict[str, int] = {}
+        self.grams: dict[str, torch.Tensor] = {}
+
+    def add(self, name: str, x: torch.Tensor, y: torch.Tensor) -> None:
+        if name not in self.names:
+            return
+        x, y = x.detach(), y.detach()
+        for sums, value in ((self.sum_x2, x), (self.sum_y2, y)):
+            total = _row_sums_of_squares(value)
+            sums[name] = total if name not in sums else sums[name] + total
+        self.rows[name] = self.rows.get(name, 0) + x.shape[1]
+        if name in self.gram_names:
+            x64 = x.double()
+            gram = x64.mT @ x64
+            self.grams[name] = gram if name not in self.grams else self.grams[name] + gram
+
+
+class StackedTransformer(nn.Module):
+    """R members of `Transformer`, parameters stacked along a leading dimension."""
+
+    def __init__(self, members: Sequence[Transformer]):
+        super().__init__()
+        first = members[0]
+        self.cfg = first.cfg
+        self.names = list(first.state_dict())  # Transformer's own parameter names
+        states = [member.state_dict() for member in members]
+        self.stacked = nn.ParameterList(
+            nn.Parameter(torch.stack([state[name] for state in states])) for name in self.names
+        )
+        self.vocab_size = first.token_embed.num_embeddings
+        self.n_classes = first.unembed.out_features
+        self.matrices = dense_matrix_names(self.cfg.n_layers)
+
+    @property
+    def size(self) -> int:
+        return self.stacked[0].shape[0]
+
+    def keep(self, members: Sequence[int]) -> None:
+        """Keep only `members` (indices), in that order: stopped runs cost nothing more."""
+        index = torch.tensor(members, dtype=torch.long, device=self.stacked[0].device)
+        self.stacked = nn.ParameterList(
+            nn.Parameter(tensor.detach().index_select(0, index)) for tensor in self.stacked
+        )
+
+    def param(self, name: str) -> nn.Parameter:
+        return self.stacked[self.names.index(name)]
+
+    def member_state_dict(self, member: int) -> dict[str, torch.Tensor]:
+        """Member `member`'s weights under Transformer's names (copies, on the CPU)."""
+        return {
+            name: tensor[member].detach().cpu().clone()
+            for name, tensor in zip(self.names, self.stacked, strict=True)
+        }
+
+    def load_member_state_dict(self, member: int, state: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for name, tensor in zip(self.names, self.stacked, strict=True):
+                tensor[member].copy_(state[name])
+
+    # --- forward ----------------------------------------------------------------------------
+    def forward(self, tokens: torch.Tensor, sums: MatrixSums | None = None) -> torch.Tensor:
+        """Logits [R, B, n_classes] at the last ('=') position of tokens [R, B, seq]."""
+        members, batch, seq = tokens.shape
+        d_model = self.cfg.d_model
+        offsets = torch.arange(members, device=tokens.device).view(-1, 1, 1) * self.vocab_size
+        table = self.param("token_embed.weight").reshape(-1, d_model)
+        x = F.embedding(tokens + offsets, table)  # each member reads its own rows of the table
+        x = x + self.param("position_embed.weight")[:, None, :seq]
+        x = x.reshape(members, batch * seq, d_model)
+        for layer in range(self.cfg.n_layers):
+            prefix = f"blocks.{layer}"
+            x = x + self._attention(self._norm(f"{prefix}.ln_attn", x), prefix, batch, sums)
+            hidden = self._linear(f"{prefix}.mlp.fc_in", self._norm(f"{prefix}.ln_mlp", x), sums)
+            x = x + self._linear(f"{prefix}.mlp.fc_out", F.relu(hidden), sums)
+        last = x.view(members, batch, seq, d_model)[:, :, -1]
+        return self._linear("unembed", self._norm("ln_final", last), sums)
+
+    def _linear(self, name: str, x: torch.Tensor, sums: MatrixSums | None) -> torch.Tensor:
+        y = torch.bmm(x, self.param(f"{name}.weight").mT)
+        if sums is not None:
+            sums.add(name, x, y)
+        return y
+
+    def _norm(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        weight, bias = self.param(f"{name}.weight"), self.param(f"{name}.bias")
+        return F.layer_norm(x, x.shape[-1:]) * weight[:, None] + bias[:, None]
+
+    def _attention(self, x: torch.Tensor, prefix: str, batch: int, sums) -> torch.Tensor:
+        members, rows, d_model = x.shape
+        seq, n_heads = rows // batch, self.cfg.n_heads
+
+        def heads(t: torch.Tensor) -> torch.Tensor:  # [R, B·S, d] -> [R·B, heads, S, d/heads]
+            return t.reshape(members * batch, seq, n_heads, d_model // n_heads).transpose(1, 2)
+
+        q, k, v = (heads(self._linear(f"{prefix}.attn.{r}", x, sums)) for r in ("q", "k", "v"))
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        out = out.transpose(1, 2).reshape(members, rows, d_model)
+        return self._linear(f"{prefix}.attn.o", out, sums)
