@@ -116,9 +116,11 @@ def test_no_module_imports_hydra_internals():
 def test_a_wheel_install_trains_from_any_folder(tmp_path):
     """`pip install .` (not editable) carries conf/ and sweeps/ inside the package."""
     source, site, work = tmp_path / "source", tmp_path / "site", tmp_path / "work"
-    for name in ("pyproject.toml", "README.md", "grokking", "conf", "sweeps"):
-        copy = shutil.copytree if (REPO / name).is_dir() else shutil.copy
-        copy(REPO / name, source / name)
+    caches = shutil.ignore_patterns("__pycache__")
+    for folder in ("grokking", "conf", "sweeps", "hydra_plugins"):
+        shutil.copytree(REPO / folder, source / folder, ignore=caches)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source)
     install = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation"]
     subprocess.run([*install, "--target", str(site), str(source)], check=True, capture_output=True)
     assert (site / "grokking" / "conf" / "config.yaml").is_file()
