@@ -23,6 +23,9 @@ def test_smoke_sweep_on_the_basic_launcher(smoke_sweep):
         assert summary["status"] == "completed" and summary["sweep_name"] == "smoke"
         assert summary["final_epoch"] == 300 and summary["p"] == 17
         assert f"seed={summary['seed']}" in name and f"task={summary['task']}" in name
+    for seed, grokked_at in ((0, 230), (1, 220)):  # what sweeps/smoke.yaml says of addition
+        summary = summaries[f"seed={seed},task=add"]
+        assert (summary["memorization_epoch"], summary["grokking_epoch"]) == (60, grokked_at)
     assert "sweep: 4 runs into outputs/sweeps/smoke" in result.stdout
     assert "sweep: 4/4 completed, 0 running, 0 failed" in result.stdout
 
@@ -70,7 +73,9 @@ def test_sweep_jobs_are_every_combination_and_the_command_line_wins():
 
 
 def test_smoke_sweep_on_the_local_parallel_launcher(tmp_path):
-    result = run_cli("+sweeps=smoke", "hydra/launcher=parallel", cwd=tmp_path, check=True)
+    # threads=0 (the sweep file says 1): each job gets cores / n_jobs threads
+    result = run_cli("+sweeps=smoke", "hydra/launcher=parallel", "threads=0", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
     summaries = completed_summaries(tmp_path / "outputs" / "sweeps" / "smoke")
     assert set(summaries) == SMOKE_RUNS
     for summary in summaries.values():
