@@ -68,6 +68,7 @@ class TrainConfig:
     lar_layers: LarLayers = LarLayers.all
     precision: Precision = Precision.fp32  # LAR sums are float64 whatever this says
     checkpoint_every: int = 0  # keep checkpoints/epoch_N.pt every N epochs; 0: off
+    save_every_s: float = 60.0  # seconds between resume points (last.pt, tables); 0: each eval
     device: str = "auto"  # auto: cuda when available, else cpu
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
     sweep_name: Optional[str] = None  # noqa: UP045 — the sweep file that made this run
@@ -79,7 +80,14 @@ class TrainConfig:
 
 
 # Fields that change how fast a run goes but not what it computes: a resumed run may differ here.
-RUNTIME_FIELDS = ("device", "threads", "eval_batch_size", "checkpoint_every", "logger")
+RUNTIME_FIELDS = (
+    "device",
+    "threads",
+    "eval_batch_size",
+    "checkpoint_every",
+    "save_every_s",
+    "logger",
+)
 
 # Where each argument of grokking/tasks.py sits in this config.
 _TASK_ARGUMENTS = {"task": "task", "p": "task.p", "train_fraction": "train_fraction"}
@@ -116,6 +124,7 @@ def validate(cfg: TrainConfig) -> None:
         cfg.checkpoint_every >= 0,
         f"checkpoint_every: must be ≥ 0 (0 = off), got {cfg.checkpoint_every}",
     )
+    _require(cfg.save_every_s >= 0, f"save_every_s: must be ≥ 0, got {cfg.save_every_s}")
     _require(cfg.threads >= 0, f"threads: must be ≥ 0 (0 = torch's default), got {cfg.threads}")
     _require(
         cfg.device == "auto" or cfg.device.split(":")[0] in ("cpu", "cuda", "mps"),

@@ -97,7 +97,8 @@ class Engine:
     # --- training -----------------------------------------------------------------------------
     def _autocast(self):
         if self.precision == Precision.bf16:
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+            # no weight-cast cache: a captured CUDA graph must recompute the casts at each replay
+            return torch.autocast(self.device.type, dtype=torch.bfloat16, cache_enabled=False)
         return contextlib.nullcontext()
 
     def _loss(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,8 +95,16 @@ class RunRecord:
         self._started = time.perf_counter()
         self._file_log: logging.Logger | None = None
         self._logger: RunLogger | None = None  # TensorBoard or W&B, opened at the first record
+        self._saved_at = -math.inf  # when last.pt was last written (time.monotonic)
 
     # --- start ----------------------------------------------------------------------------------
+    def open(self, cleanup: ExitStack) -> None:
+        """Hold the run folder's lock until `cleanup` closes (RunLocked when another process
+        has it), and remove what an interrupted write left behind."""
+        cleanup.enter_context(self.run_dir.lock())
+        cleanup.callback(self.close)
+        self.run_dir.clean_temporary_files()
+
     def completed(self) -> bool:
         """True (and `summary` set) when the folder holds this run, completed; ConfigError when it
         holds another run."""
@@ -113,6 +122,8 @@ class RunRecord:
             return None
         saved = self.run_dir.load_checkpoint("last")
         _refuse_other_config(saved["config"], self.cfg, self.run_dir.checkpoint_path("last"))
+        if saved["step"] == 0:  # saved at initialisation: starting afresh redoes it exactly
+            return None
         self.epoch, self.step = saved["epoch"], saved["step"]
         self._wall_before_s = saved["wall_s"]
         self.events = Events(**saved["events"])
@@ -177,8 +188,14 @@ class RunRecord:
         """checkpoint_every: keep the model of this epoch as checkpoints/epoch_<N>.pt."""
         self.run_dir.save_checkpoint(f"epoch_{self.epoch}", self._model_checkpoint(model_state))
 
+    def save_due(self) -> bool:
+        """Whether this evaluation saves a resume point: `save_every_s` since the last one."""
+        return time.monotonic() - self._saved_at >= self.cfg.save_every_s
+
     def save_last(self, member_state: dict) -> None:
-        """Everything needed to resume: the engine's member state, the record's own, the config."""
+        """Everything needed to resume: the engine's member state, the record's own, the config;
+        and the tables and summary as far as they go."""
+        self._saved_at = time.monotonic()
         self.run_dir.write_metrics(self.metrics)
         self.run_dir.write_matrix_lar(self.matrix_lar)
         self.run_dir.save_checkpoint(
@@ -205,8 +222,12 @@ class RunRecord:
             self.log(f"did not grok within {self.epoch} epochs")
 
     def fail(self, message: str) -> None:
+        """Status failed, when the folder can still be written (not on a full disk)."""
         self.log(message, level=logging.ERROR)
-        self.write_summary(FAILED, failure=message)
+        try:
+            self.write_summary(FAILED, failure=message)
+        except OSError as error:
+            self.log(f"could not write the summary: {error}", level=logging.ERROR)
 
     def interrupt(self, member_state: dict, signal_name: str) -> None:
         self.save_last(member_state)

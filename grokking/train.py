@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from grokking.config import ConfigError, TrainConfig, check_device_here, validate
 from grokking.hydra_errors import COMPOSITION_ERRORS, explain
+from grokking.rundir import DamagedCheckpoint, DiskFull, RunLocked
 from grokking.sweep import default_threads, refuse, to_train_config
 from grokking.training import Interrupted, RunFailed, train
 
@@ -103,6 +104,8 @@ def run(cfg: DictConfig) -> None:
         refuse(str(error))
     except RunFailed as error:
         refuse(f"run failed: {error}", code=1)
+    except (RunLocked, DamagedCheckpoint, DiskFull) as error:  # each says what to do
+        refuse(str(error), code=1)
     except Interrupted as error:
         log.warning("%s; rerun the same command to resume", error)
         sys.exit(128 + error.signum)

@@ -20,6 +20,7 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from grokking.config import ConfigError, TrainConfig
 from grokking.engine import Engine, resolve_device
 from grokking.packing import pack_key
 from grokking.record import RunRecord
-from grokking.rundir import FAILED
+from grokking.rundir import FAILED, DiskFull
 
 log = logging.getLogger("grokking")
 
@@ -102,15 +103,21 @@ def train_pack(members: Sequence[tuple[TrainConfig, str | Path]]) -> list[dict]:
     records = [RunRecord(cfg, run_dir, device) for cfg, run_dir in members]
     with ExitStack() as cleanup:
         for record in records:
-            cleanup.callback(record.close)
+            record.open(cleanup)
         todo = [record for record in records if not record.completed()]
         saved = {id(record): record.resume() for record in todo}
         by_step: dict[int, list[RunRecord]] = {}
         for record in todo:  # members must share the step count: AdamW's is shared
             state = saved[id(record)]
             by_step.setdefault(state["optimizer_step"] if state else 0, []).append(record)
-        for group in by_step.values():
-            _train_together(group, [saved[id(record)] for record in group], device)
+        try:
+            for group in by_step.values():
+                _train_together(group, [saved[id(record)] for record in group], device)
+        except DiskFull as error:  # the last good last.pt stays; a rerun resumes from it
+            for record in todo:
+                if record.active:
+                    record.fail(str(error))
+            raise
     return [record.summary for record in records]
 
 
@@ -135,11 +142,11 @@ def _train_together(records: list[RunRecord], saved: list[dict | None], device) 
                 record.epoch, record.step = record.epoch + 1, engine.step
                 if not math.isfinite(loss):
                     record.fail(f"loss is {loss} at epoch {record.epoch}")
-            _evaluate(engine, [r for r in records if r.active and r.evaluation_due()], records)
             for index, record in enumerate(records):
                 every = record.cfg.checkpoint_every
                 if record.active and every and record.epoch % every == 0:
                     record.save_epoch_checkpoint(engine.model_state(index))
+            _evaluate(engine, [r for r in records if r.active and r.evaluation_due()], records)
             records = _keep_active(engine, records)
             _show(bar, records)
             if signals.signum is not None and records:
@@ -156,13 +163,18 @@ def _evaluate(engine: Engine, due: list[RunRecord], pack: list[RunRecord] | None
     pack = pack or due
     results = engine.evaluate()
     lr = engine.lr_at(engine.step)
+    # the members save together, so after a kill they resume at one step, as one pack again
+    save_now = any(record.save_due() for record in due)
+    saves = []
     for record in due:
         index = pack.index(record)
         reason = record.record(results[index], lr, lambda i=index: engine.model_state(i))
         if reason:
             record.finish(reason, engine.member_state(index))
-        else:
-            record.save_last(engine.member_state(index))
+        elif save_now:
+            saves.append((record, engine.member_state(index)))
+    with ThreadPoolExecutor(max_workers=8) as pool:  # the writes wait on the disk, not the CPU
+        list(pool.map(lambda save: save[0].save_last(save[1]), saves))
 
 
 def _keep_active(engine: Engine, records: list[RunRecord]) -> list[RunRecord]:

@@ -20,6 +20,7 @@ TINY_OVERRIDES = [
     "eval_every=5",
     "max_epochs=20",
     "threads=1",
+    "save_every_s=0",  # a resume point at every evaluation, so tests can kill at any of them
 ]
 
 
@@ -33,6 +34,7 @@ def tiny_config(**fields) -> TrainConfig:
             "eval_every": 5,
             "max_epochs": 20,
             "threads": 1,
+            "save_every_s": 0,
         }
         | top
     )
@@ -74,17 +76,20 @@ def completed_summaries(sweep_dir: Path) -> dict[str, dict]:
 
 @pytest.fixture(scope="session")
 def slurm_cluster():
-    """A real single-node SLURM on localhost, started by the project's own script."""
+    """A real single-node SLURM on localhost, started by the project's own script; SLURM_CONF,
+    which its clients (sbatch, sacct, submitit) need, is set for the rest of the session."""
     if os.geteuid() != 0 and not os.environ.get("CI"):
         pytest.skip("starting the local SLURM cluster needs root")
+    script = REPO / "scripts" / "local-slurm.sh"
     result = subprocess.run(
-        ["bash", str(REPO / "scripts" / "local-slurm.sh"), "start"],
-        capture_output=True,
-        text=True,
-        timeout=900,
+        ["bash", str(script), "start"], capture_output=True, text=True, timeout=900
     )
     assert result.returncode == 0, f"local SLURM did not start:\n{result.stdout}\n{result.stderr}"
-    return REPO / "scripts" / "local-slurm.sh"
+    last_line = result.stdout.splitlines()[-1]
+    assert last_line.startswith("export SLURM_CONF="), result.stdout
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SLURM_CONF", last_line.removeprefix("export SLURM_CONF="))
+        yield script
 
 
 @pytest.fixture(scope="session")

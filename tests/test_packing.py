@@ -154,7 +154,13 @@ def test_bf16_trains_on_the_cpu_and_measures_lar_close_to_fp32():
 
 # --- through Hydra ---------------------------------------------------------------------------
 
-PACKED_SWEEP = ["+sweeps=smoke", "hydra/launcher=packed", "max_epochs=60", "threads=1"]
+PACKED_SWEEP = [
+    "+sweeps=smoke",
+    "hydra/launcher=packed",
+    "max_epochs=60",
+    "threads=1",
+    "save_every_s=0",
+]
 
 
 @pytest.fixture(scope="module")
@@ -217,3 +223,27 @@ def test_a_killed_pack_resumes_to_what_an_uninterrupted_pack_gives(tmp_path, pac
         assert_same_tables(killed, RunDir(run_dir), atol=0)  # bit for bit
         a, b = (r.load_checkpoint("final")["model"] for r in (killed, RunDir(run_dir)))
         assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_the_packed_launcher_on_a_real_slurm_cluster(tmp_path, slurm_cluster, packed_sweep):
+    from test_sweeps import final_states
+
+    slurm_options = ["gpus_per_node=0", "cpus_per_task=1", "mem_gb=1", "timeout_min=10"]
+    run_cli(
+        *PACKED_SWEEP,
+        "hydra/launcher=packed_slurm",
+        *(f"hydra.launcher.slurm.{option}" for option in slurm_options),
+        "hydra.sweep.dir=slurm",
+        cwd=tmp_path,
+        check=True,
+        timeout=600,
+    )
+    summaries = completed_summaries(tmp_path / "slurm")
+    assert len(summaries) == 4
+    assert all(s["status"] == "completed" and s["threads"] == 1 for s in summaries.values())
+    job_ids = {p.name.split("_")[0] for p in (tmp_path / "slurm" / ".submitit").glob("[0-9]*")}
+    assert len(job_ids) == 1 and final_states(job_ids) == ["COMPLETED"]  # one job: one pack
+    local, _ = packed_sweep
+    for run_dir in local.glob("*=*"):
+        assert_same_tables(RunDir(tmp_path / "slurm" / run_dir.name), RunDir(run_dir), atol=0)

@@ -152,7 +152,7 @@ def wait_for_epoch(sweep: Path, epoch: int, timeout=180):
 
 @pytest.mark.slow
 def test_a_preempted_slurm_job_is_requeued_and_ends_as_if_uninterrupted(tmp_path, slurm_cluster):
-    run = ["+sweeps=smoke", "task=add", "seed=0", "max_epochs=600", "threads=1"]
+    run = ["+sweeps=smoke", "task=add", "seed=0", "max_epochs=600", "threads=1", "save_every_s=0"]
     driver = subprocess.Popen(
         [
             sys.executable,

@@ -7,7 +7,7 @@ import time
 import pandas as pd
 import pytest
 import torch
-from conftest import TINY_OVERRIDES, run_cli, tiny_config
+from conftest import REPO, TINY_OVERRIDES, run_cli, tiny_config
 
 from grokking.config import ConfigError, config_differences, to_dict
 from grokking.lar import lar
@@ -283,3 +283,140 @@ def test_refused_command_leaves_an_existing_run_untouched(uninterrupted):
     assert result.returncode == 2
     assert "holds a run with another config (seed: 0 -> 5; split_seed: 0 -> 5)" in result.stderr
     assert {p: p.read_bytes() for p in uninterrupted.path.rglob("*") if p.is_file()} == files
+
+
+# --- one process per folder, damaged and full disks (the trainer's side) -----------------------
+
+
+def test_a_second_process_on_a_running_folder_is_refused_at_once(tmp_path):
+    command = [*TINY_OVERRIDES, "max_epochs=100000", "hydra.run.dir=run"]
+    process = subprocess.Popen([sys.executable, "-m", "grokking.train", *command], cwd=tmp_path)
+    run = RunDir(tmp_path / "run")
+    wait_for_epoch(run, 10, process)
+    began = time.monotonic()
+    other = run_cli(*command, cwd=tmp_path)
+    assert time.monotonic() - began < 60  # refused, not waiting for the run
+    process.kill()
+    process.wait()
+    assert other.returncode == 1
+    assert f"error: {run.path} is in use by pid {process.pid}" in other.stderr
+
+
+def test_a_last_checkpoint_of_another_config_is_refused_naming_the_fields(tmp_path):
+    cfg = tiny_config(max_epochs=10)
+    train(cfg, tmp_path)
+    (tmp_path / "summary.json").unlink()  # as after a kill -9 before the first summary
+    with pytest.raises(
+        ConfigError, match=r"last.pt holds a run with another config \(seed: 0 -> 1"
+    ):
+        train(tiny_config(max_epochs=10, seed=1), tmp_path)
+
+
+def test_a_damaged_last_checkpoint_says_which_file_and_what_to_do(tmp_path):
+    run_cli(*TINY_OVERRIDES, "max_epochs=10", "hydra.run.dir=run", cwd=tmp_path, check=True)
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    (tmp_path / "run" / "summary.json").unlink()  # so the run is not "already completed"
+    last.write_bytes(last.read_bytes()[:1000])
+    result = run_cli(*TINY_OVERRIDES, "max_epochs=10", "hydra.run.dir=run", cwd=tmp_path)
+    assert result.returncode == 1
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert str(last) in line and "move it aside" in line
+    assert "Traceback" not in result.stderr
+
+
+def test_leftover_temporary_files_are_removed_at_the_next_start(tmp_path):
+    leftover = tmp_path / "checkpoints" / ".last.pt.x1y2.tmp"
+    leftover.parent.mkdir(parents=True)
+    leftover.write_bytes(b"half a checkpoint")
+    train(tiny_config(max_epochs=5), tmp_path)
+    assert not leftover.exists()
+
+
+def test_a_full_disk_fails_the_run_keeps_the_last_checkpoint_and_resumes_later(
+    tmp_path, monkeypatch
+):
+    from grokking.rundir import DiskFull
+
+    cfg = tiny_config(max_epochs=40)
+    complete = train(cfg, tmp_path / "whole")
+    real_save = RunDir.save_checkpoint
+
+    def full_after_epoch_20(self, name, state):
+        if state["epoch"] > 20:
+            raise DiskFull(28, f"the disk is full: could not write {self.checkpoint_path(name)}")
+        real_save(self, name, state)
+
+    monkeypatch.setattr(RunDir, "save_checkpoint", full_after_epoch_20)
+    with pytest.raises(DiskFull, match="the disk is full"):
+        train(cfg, tmp_path / "run")
+    run = RunDir(tmp_path / "run")
+    assert run.status() == "failed" and "disk is full" in run.read_summary()["failure"]
+    assert run.load_checkpoint("last")["epoch"] == 20  # the last good one, intact
+    monkeypatch.setattr(RunDir, "save_checkpoint", real_save)  # space freed
+    resumed = train(cfg, tmp_path / "run")
+    assert resumed["status"] == "completed"
+    same_metrics(run, RunDir(tmp_path / "whole"))
+    assert resumed["final"] == complete["final"]
+
+
+# --- following a run ---------------------------------------------------------------------------
+
+
+def test_train_log_has_one_line_per_evaluation(short_run):
+    run, _ = short_run
+    lines = (run.path / "train.log").read_text().splitlines()
+    evaluations = [line for line in lines if " - epoch " in line]
+    assert len(evaluations) == len(run.read_metrics())
+
+
+def test_checkpoint_every_keeps_the_model_every_n_epochs(tmp_path):
+    train(tiny_config(max_epochs=12, checkpoint_every=4), tmp_path)
+    run = RunDir(tmp_path)
+    kept = sorted(p.name for p in run.checkpoint_dir.glob("epoch_*.pt"))
+    assert kept == ["epoch_12.pt", "epoch_4.pt", "epoch_8.pt"]
+    assert run.load_checkpoint("epoch_8")["epoch"] == 8
+    assert torch.equal(
+        run.load_checkpoint("epoch_12")["model"]["unembed.weight"],
+        run.load_checkpoint("final")["model"]["unembed.weight"],
+    )
+
+
+def test_resume_points_are_throttled_by_save_every_s(tmp_path):
+    train(tiny_config(max_epochs=40, save_every_s=3600), tmp_path)
+    run = RunDir(tmp_path)
+    assert run.read_metrics()["epoch"].tolist() == list(range(0, 41, 5))  # all, at the end
+    assert run.load_checkpoint("last")["epoch"] == 40
+
+
+def test_a_tensorboard_logger_receives_every_evaluation(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_cli(
+        *TINY_OVERRIDES, "max_epochs=10", "logger=tensorboard", "hydra.run.dir=run", cwd=tmp_path
+    )
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    metrics = RunDir(tmp_path / "run").read_metrics()
+    logged = {event.step: event.value for event in events.Scalars("lar")}
+    assert sorted(logged) == metrics["epoch"].tolist()
+    assert logged[10] == pytest.approx(metrics["lar"].iloc[-1], rel=1e-6)
+    assert len(events.Scalars("matrix_lar/blocks.1.mlp.fc_out")) == len(metrics)
+
+
+def test_train_from_a_notebook_shows_a_bar_and_the_log(tmp_path):
+    import nbformat
+    from nbclient import NotebookClient
+
+    code = (
+        "import sys; sys.path.insert(0, {tests!r})\n"
+        "from conftest import tiny_config\n"
+        "from grokking.training import train\n"
+        "summary = train(tiny_config(max_epochs=10), {run!r})"
+    ).format(tests=str(REPO / "tests"), run=str(tmp_path / "run"))
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
+    NotebookClient(notebook, timeout=120, kernel_name="python3").execute()
+    shown = "".join(
+        output.get("text", "") + str(output.get("data", "")) for output in notebook.cells[0].outputs
+    )
+    assert "run: stopping at epoch 10" in shown  # the log reaches the notebook
+    assert "10/10" in shown  # and so does the progress bar
