@@ -107,7 +107,7 @@ class CheckBeforeLaunch(Callback):
             try:
                 train_cfg = to_train_config(compose_job(config, overrides))
                 validate(train_cfg)
-                if not runs_elsewhere(config):  # a SLURM job checks its node's devices itself
+                if not runs_elsewhere(config):  # SLURM nodes have devices this machine lacks
                     check_device_here(train_cfg)
             except COMPOSITION_ERRORS as error:  # ours, or Hydra's (unknown task, typo)
                 job = " ".join(overrides)
