@@ -1,7 +1,7 @@
 """The log-alignment ratio (LAR) of a linear map, its spectral forms, and probes for any model.
 
-Notation (SPEC §1): `weight` W is [m, n] (an `nn.Linear(n, m).weight`), `inputs` X is [..., n]
-(every leading index is one row x_b), outputs Y = X Wᵀ.
+Notation (docs/method.md §1): `weight` W is [m, n] (an `nn.Linear(n, m).weight`), `inputs` X is
+[..., n] (every leading index is one row x_b), outputs Y = X Wᵀ.
 
     LAR = log( rms(Y) / (rms(W) · rms(X)) ) / log(n)                                 (Eq. 1)
         = 1 + log(Σ p_i q_i) / (2 log n)                                             (Eq. 3)
@@ -105,7 +105,7 @@ def k_lar(lar_value: float, n: int) -> float:
 
 
 def summary_from_spectra(p: torch.Tensor, q: torch.Tensor, s: torch.Tensor) -> dict[str, float]:
-    """The spectral quantities the paper reads off p, q and s (SPEC §1)."""
+    """The spectral quantities the paper reads off p, q and s (docs/method.md §1)."""
     n = len(p)
     pq = p * q
     lar_value = lar_from_spectra(p, q)

@@ -95,8 +95,12 @@ def _run_here(packs: list[list[Member]]) -> dict[int, dict]:
 
 def _run_on_slurm(launcher, packs: list[list[Member]]) -> dict[int, dict]:
     """One SLURM job per pack; waits for them all, as the submitit launcher does."""
-    executor = submitit.AutoExecutor(folder=launcher.submitit_folder, cluster="slurm")
     options = OmegaConf.to_container(launcher.slurm, resolve=True)
+    executor = submitit.AutoExecutor(
+        folder=launcher.submitit_folder,
+        cluster="slurm",
+        slurm_max_num_timeout=options.pop("max_num_timeout", 3),  # requeues after a time-out
+    )
     executor.update_parameters(
         **{
             (key if key in _GENERIC_PARAMETERS else f"slurm_{key}"): value

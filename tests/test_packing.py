@@ -247,3 +247,35 @@ def test_the_packed_launcher_on_a_real_slurm_cluster(tmp_path, slurm_cluster, pa
     local, _ = packed_sweep
     for run_dir in local.glob("*=*"):
         assert_same_tables(RunDir(tmp_path / "slurm" / run_dir.name), RunDir(run_dir), atol=0)
+
+
+@pytest.mark.slow
+def test_a_preempted_pack_job_is_requeued_and_ends_as_if_uninterrupted(tmp_path, slurm_cluster):
+    from test_sweeps import final_states
+    from test_sweeps import wait_for_epoch as wait_for_any_run
+
+    sweep = [*PACKED_SWEEP, "task=add", "seed=0,1", "max_epochs=300"]
+    slurm = ["hydra/launcher=packed_slurm", "hydra.launcher.slurm.gpus_per_node=0"]
+    slurm += ["hydra.launcher.slurm.mem_gb=1", "hydra.launcher.slurm.cpus_per_task=1"]
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "grokking.train", *sweep, *slurm, "hydra.sweep.dir=slurm"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    wait_for_any_run(tmp_path / "slurm", 40)
+    (job,) = [p.name for p in (tmp_path / "slurm" / ".submitit").glob("[0-9]*")]
+    subprocess.run(["scancel", "--signal=USR2", job], check=True)  # what preemption sends
+    output, _ = driver.communicate(timeout=600)
+    assert driver.returncode == 0, output
+    history = final_states([job], "-D")  # -D: every record of a requeued job
+    assert "REQUEUED" in history and history[-1] == "COMPLETED"
+
+    run_cli(*sweep, "hydra.sweep.dir=local", cwd=tmp_path, check=True)  # the same pack, unbroken
+    for run_dir in (tmp_path / "local").glob("*=*"):
+        preempted = RunDir(tmp_path / "slurm" / run_dir.name)
+        log = (preempted.path / "train.log").read_text()
+        assert "SIGUSR2 at epoch" in log and f"resuming slurm/{run_dir.name} from epoch" in log
+        assert preempted.status() == "completed"
+        assert_same_tables(preempted, RunDir(run_dir), atol=0)

@@ -11,7 +11,7 @@ from grokking.tasks import (
     split,
 )
 
-DIRECT = {  # the SPEC table's arithmetic, written independently of tasks.py
+DIRECT = {  # the task table's arithmetic (docs/method.md §2), written independently of tasks.py
     "add": lambda x, y, p: (x + y) % p,
     "sub": lambda x, y, p: (x - y) % p,
     "div": lambda x, y, p: next(z for z in range(p) if (z * y) % p == x),
