@@ -4,12 +4,23 @@ and `validate`, which refuses a bad value with one line naming the field and wha
 from __future__ import annotations
 
 import enum
-from dataclasses import asdict, dataclass, field
-from typing import Optional
+import re
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Optional, get_args, get_origin, get_type_hints
+
+import pandas as pd
+import torch
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import (
+    ConfigAttributeError,
+    ConfigKeyError,
+    OmegaConfBaseException,
+    ValidationError,
+)
 
 from grokking.loggers import LoggerConfig, validate_logger
 from grokking.model import ModelConfig
-from grokking.tasks import check_task, make_dataset, train_size
+from grokking.tasks import TaskError, check_task, make_dataset, train_size
 
 
 class LarLayers(enum.Enum):
@@ -78,8 +89,11 @@ RUNTIME_FIELDS = (
     "logger",
 )
 
+# Where each argument of grokking/tasks.py sits in this config.
+_TASK_ARGUMENTS = {"task": "task", "p": "task.p", "train_fraction": "train_fraction"}
 
-_TASK_ERROR_FIELDS = {"task": "task", "p": "task.p", "train_fraction": "train_fraction"}
+# How the refusals describe each field type of the schema.
+_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
 
 
 class ConfigError(ValueError):
@@ -92,13 +106,13 @@ def _require(ok: bool, message: str) -> None:
 
 
 def validate(cfg: TrainConfig) -> None:
-    """Raise ConfigError for the first value that is not allowed."""
+    """Raise ConfigError for the first value that is not allowed (on any machine: whether this
+    one has the device is `check_device_here`'s question)."""
     try:
         check_task(cfg.task.name, cfg.task.p)
         train_size(len(make_dataset(cfg.task.name, cfg.task.p)), cfg.train_fraction)
-    except ValueError as error:  # tasks.py names its own fields; say where they sit here
-        field_name, message = str(error).split(": ", 1)
-        raise ConfigError(f"{_TASK_ERROR_FIELDS[field_name]}: {message}") from None
+    except TaskError as error:
+        raise ConfigError(f"{_TASK_ARGUMENTS[error.argument]}: {error.reason}") from None
     for name in ("batch_size", "eval_every", "eval_batch_size", "max_epochs"):
         value = getattr(cfg, name)
         _require(value >= 1, f"{name}: must be an integer ≥ 1, got {value}")
@@ -115,6 +129,12 @@ def validate(cfg: TrainConfig) -> None:
     _require(
         cfg.device == "auto" or cfg.device.split(":")[0] in ("cpu", "cuda", "mps"),
         f"device: must be auto, cpu, cuda[:N] or mps, got {cfg.device!r}",
+    )
+    # The sweep name becomes a folder name (outputs/sweeps/NAME, the analysis's groups).
+    _require(
+        cfg.sweep_name is None or re.fullmatch(r"\w[\w.-]*", cfg.sweep_name) is not None,
+        "sweep_name: must be a plain folder name (letters, digits, _ . -, not starting with . "
+        f"or -), got {cfg.sweep_name!r}",
     )
     for name in ("n_layers", "d_model", "n_heads", "d_ff"):
         value = getattr(cfg.model, name)
@@ -135,42 +155,97 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(str(error)) from None
 
 
+def devices_here() -> list[str]:
+    """The values of `device` this machine can run."""
+    devices = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        devices += ["cuda", *(f"cuda:{i}" for i in range(torch.cuda.device_count()))]
+    if torch.backends.mps.is_available():
+        devices.append("mps")
+    return devices
+
+
+def check_device_here(cfg: TrainConfig) -> None:
+    """Raise ConfigError when this machine has no `cfg.device`."""
+    allowed = devices_here()
+    _require(
+        cfg.device in allowed,
+        f"device: {cfg.device!r} is not available on this machine; allowed here: "
+        + ", ".join(allowed),
+    )
+
+
 def to_dict(cfg: TrainConfig) -> dict:
-    """Plain nested dict of `cfg` (enums as their values), as stored in summary.json."""
-    return asdict(cfg, dict_factory=lambda items: {k: _plain(v) for k, v in items})
+    """Plain nested dict of `cfg` (enums as their names), as stored in summary.json."""
+    return OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)
 
 
-def from_dict(stored: dict) -> TrainConfig:
-    """The TrainConfig of `to_dict`'s output (as stored in summary.json)."""
-    fields = dict(stored)
-    fields["task"] = TaskConfig(**stored["task"])
-    fields["model"] = ModelConfig(**stored["model"])
-    fields["optim"] = OptimConfig(**stored["optim"])
-    fields["logger"] = LoggerConfig(**stored.get("logger", {}))
-    fields["lar_layers"] = LarLayers(stored["lar_layers"])
-    fields["precision"] = Precision(stored.get("precision", "fp32"))
-    return TrainConfig(**fields)
+def from_dict(stored: dict | DictConfig) -> TrainConfig:
+    """The TrainConfig of a nested dict or DictConfig (a summary's `config`, a composed Hydra
+    config): fields it lacks keep their defaults; an unknown key or a value of the wrong type
+    raises ConfigError naming the field and what is allowed."""
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), stored))
+    except (ConfigKeyError, ConfigAttributeError, ValidationError) as error:
+        raise schema_error(error) from None
 
 
-def _plain(value):
-    return value.value if isinstance(value, enum.Enum) else value
+def schema_error(error: OmegaConfBaseException) -> ConfigError:
+    """OmegaConf's complaint about a key or a value of the schema, told as ConfigError."""
+    key = error.full_key
+    try:
+        if isinstance(error, ConfigKeyError | ConfigAttributeError):
+            parent, _, leaf = key.rpartition(".")
+            keys = ", ".join(f.name for f in fields(_schema_at(parent)))
+            near = [path for path in _leaf_paths(TrainConfig) if path.rpartition(".")[2] == leaf]
+            hint = f" (did you mean {' or '.join(near)}?)" if near else ""
+            return ConfigError(f"{key}: not a config key{hint}; allowed: {keys}")
+        if isinstance(error, ValidationError):
+            return ConfigError(f"{key}: must be {_allowed_values(key)}, got {error.value!r}")
+    except (KeyError, TypeError):  # a key outside this schema (hydra.*): OmegaConf's words
+        pass
+    return ConfigError(f"{key}: {str(error.msg).splitlines()[0]}")
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
+def _schema_at(path: str) -> type:
+    """The dataclass at a dotted path of the schema ("" is TrainConfig itself)."""
+    schema = TrainConfig
+    for part in filter(None, path.split(".")):
+        schema = get_type_hints(schema)[part]
+    return schema
+
+
+def _leaf_paths(schema: type, prefix: str = "") -> list[str]:
+    paths = []
+    for name, hint in get_type_hints(schema).items():
+        nested = is_dataclass(hint)
+        paths += _leaf_paths(hint, f"{prefix}{name}.") if nested else [f"{prefix}{name}"]
+    return paths
+
+
+def _allowed_values(key: str) -> str:
+    parent, _, leaf = key.rpartition(".")
+    hint = get_type_hints(_schema_at(parent))[leaf]
+    if get_origin(hint) is list:
+        return "a list such as [a,b]"
+    types = [t for t in get_args(hint) or (hint,) if t is not type(None)]  # Optional[X] -> X
+    if isinstance(types[0], type) and issubclass(types[0], enum.Enum):
+        words = f"one of {', '.join(member.name for member in types[0])}"
+    else:
+        words = _TYPE_WORDS.get(types[0], types[0].__name__)
+    return words + (" or null" if len(types) < len(get_args(hint)) else "")
 
 
 def config_differences(stored: dict, current: dict) -> list[str]:
     """'field: stored -> current' for every field that changes what a run computes."""
-    old, new = _flatten(stored), _flatten(current)
+    old, new = _flat(stored), _flat(current)
     return [
         f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
         for key in sorted(old.keys() | new.keys())
         if key.split(".")[0] not in RUNTIME_FIELDS and old.get(key) != new.get(key)
     ]
+
+
+def _flat(tree: dict) -> dict:
+    """{"optim.lr": 0.001, ...} of a nested dict."""
+    return pd.json_normalize(tree, sep=".").to_dict("records")[0]

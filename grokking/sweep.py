@@ -1,5 +1,5 @@
 """Hydra callbacks for sweeps: every job's config is checked before anything is written or
-submitted, and the driver prints how many runs are done, running and failed.
+submitted, and the driver prints how many of the sweep's runs are done, running and failed.
 
 Both are switched on in conf/config.yaml (`hydra.callbacks`), so they work with every launcher:
 basic (one run after another), joblib (local processes) and submitit (SLURM).
@@ -7,32 +7,28 @@ basic (one run after another), joblib (local processes) and submitit (SLURM).
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 import threading
 from collections import Counter
 from pathlib import Path
 
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError
 
-from grokking.config import ConfigError, TrainConfig, validate
+from grokking.config import ConfigError, TrainConfig, check_device_here, from_dict, validate
+from grokking.hydra_errors import COMPOSITION_ERRORS, explain
 from grokking.record import check_same_config
-from grokking.rundir import COMPLETED, FAILED, find_runs
+from grokking.rundir import COMPLETED, FAILED, RunDir
 
 
 def to_train_config(cfg: DictConfig) -> TrainConfig:
     """The plain TrainConfig of a composed Hydra config (its `hydra` node dropped)."""
-    plain = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
-    try:
-        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), plain))
-    except ConfigKeyError as error:  # e.g. `+foo=1`, which Hydra lets through
-        raise ConfigError(f"{error.full_key}: not a config key (see conf/config.yaml)") from None
+    return from_dict(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
 
 
 def refuse(message: str, code: int = 2):
@@ -42,13 +38,40 @@ def refuse(message: str, code: int = 2):
 
 def sweep_jobs(config: DictConfig) -> list[list[str]]:
     """Each job's overrides, expanded as Hydra's basic sweeper does: the sweep file's
-    `hydra.sweeper.params`, then the command line (which wins for a key given in both)."""
+    `hydra.sweeper.params`, then the command line (which wins for a key given in both), and
+    every combination of their values."""
     params = OmegaConf.select(config, "hydra.sweeper.params") or {}
     arguments = [f"{key}={value}" for key, value in params.items()]
     arguments += list(config.hydra.overrides.task)
-    overrides = OverridesParser.create().parse_overrides(arguments)
-    (jobs,) = BasicSweeper.split_arguments(overrides, max_batch_size=None)
-    return jobs
+    choices = {}  # key -> its overrides, one per value; a later key replaces an earlier one
+    for override in OverridesParser.create().parse_overrides(arguments):
+        key = override.get_key_element()
+        values = (
+            list(override.sweep_string_iterator())
+            if override.is_sweep_override()
+            else [override.get_value_element_as_str()]
+        )
+        choices[key] = [f"{key}={value}" for value in values]
+    return [list(job) for job in itertools.product(*choices.values())]
+
+
+def compose_job(config: DictConfig, overrides: list[str]) -> DictConfig:
+    """One job's config, composed as the launchers compose it."""
+    return GlobalHydra.instance().config_loader().load_sweep_config(config, overrides)
+
+
+def job_dir(job_config: DictConfig) -> Path:
+    """The run folder of one composed job: hydra.sweep.dir / hydra.sweep.subdir."""
+    HydraConfig.instance().set_config(job_config)  # `${hydra:...}` resolves against this job
+    return Path(job_config.hydra.sweep.dir) / job_config.hydra.sweep.subdir
+
+
+def runs_elsewhere(config: DictConfig) -> bool:
+    """Whether the launcher runs the jobs on SLURM nodes, whose devices may differ from here's
+    (hydra/launcher=slurm, or packed_slurm's `slurm` section)."""
+    launcher = OmegaConf.select(config, "hydra.launcher") or {}
+    target = str(launcher.get("_target_", ""))
+    return target.endswith("SlurmLauncher") or launcher.get("slurm") is not None
 
 
 def default_threads(hydra_cfg: DictConfig) -> int:
@@ -72,6 +95,7 @@ class CheckBeforeLaunch(Callback):
         try:
             train_cfg = to_train_config(config)
             validate(train_cfg)
+            check_device_here(train_cfg)
             HydraConfig.instance().set_config(config)  # lets hydra.run.dir's ${hydra:...} resolve
             check_same_config(train_cfg, config.hydra.run.dir)
         except ConfigError as error:
@@ -79,18 +103,22 @@ class CheckBeforeLaunch(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         jobs = sweep_jobs(config)
-        loader = GlobalHydra.instance().config_loader()
         for number, overrides in enumerate(jobs):
-            try:  # composed as the launchers compose each job
-                validate(to_train_config(loader.load_sweep_config(config, list(overrides))))
-            except Exception as error:  # ours, or Hydra's composition errors (unknown task, typo)
-                refuse(f"sweep job {number} ({' '.join(overrides)}): {error}; nothing submitted")
+            try:
+                train_cfg = to_train_config(compose_job(config, overrides))
+                validate(train_cfg)
+                if not runs_elsewhere(config):  # SLURM nodes have devices this machine lacks
+                    check_device_here(train_cfg)
+            except COMPOSITION_ERRORS as error:  # ours, or Hydra's (unknown task, typo)
+                job = " ".join(overrides)
+                refuse(f"sweep job {number} ({job}): {explain(error)}; nothing submitted")
         print(f"sweep: {len(jobs)} runs into {config.hydra.sweep.dir}", flush=True)
 
 
 class SweepProgress(Callback):
     """While a sweep runs, print `sweep: N/M completed, R running, F failed` whenever those
-    counts change, from the run directories themselves (so any launcher works)."""
+    counts change, from the run folders of this sweep's jobs (so any launcher works, and runs
+    of another sweep in the same folder do not count)."""
 
     def __init__(self, interval_s: float = 5.0):
         self.interval_s = interval_s
@@ -105,8 +133,9 @@ class SweepProgress(Callback):
         self.__init__(**state)
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        root, total = Path(config.hydra.sweep.dir), len(sweep_jobs(config))
-        self._report = lambda: progress_line(root, total)
+        run_dirs = [job_dir(compose_job(config, job)) for job in sweep_jobs(config)]
+        HydraConfig.instance().set_config(config)  # back to the sweep's own config
+        self._report = lambda: progress_line(run_dirs)
         self._thread = threading.Thread(target=self._watch, daemon=True)
         self._thread.start()
 
@@ -125,8 +154,9 @@ class SweepProgress(Callback):
             print(self._report(), flush=True)
 
 
-def progress_line(root: Path, total: int) -> str:
-    statuses = Counter(run.status() for run in find_runs(root)) if root.exists() else Counter()
+def progress_line(run_dirs: list[Path]) -> str:
+    """`sweep: N/M completed, R running, F failed` over these run folders (M = how many)."""
+    statuses = Counter(RunDir(path).status() for path in run_dirs)
     done, failed = statuses[COMPLETED], statuses[FAILED]
-    running = sum(statuses.values()) - done - failed
-    return f"sweep: {done}/{total} completed, {running} running, {failed} failed"
+    running = len(run_dirs) - statuses[None] - done - failed  # started, not finished
+    return f"sweep: {done}/{len(run_dirs)} completed, {running} running, {failed} failed"

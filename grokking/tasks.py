@@ -101,20 +101,29 @@ class Dataset:
         return len(self.labels)
 
 
+class TaskError(ValueError):
+    """A task argument that is not allowed: `argument` names it (task, p or train_fraction)."""
+
+    def __init__(self, argument: str, reason: str):
+        super().__init__(f"{argument}: {reason}")
+        self.argument = argument
+        self.reason = reason
+
+
 def is_prime(n: int) -> bool:
     return n >= 2 and all(n % d for d in range(2, int(n**0.5) + 1))
 
 
 def check_task(name: str, p: int | None) -> None:
-    """Raise ValueError naming the field when `name` or `p` is not allowed."""
+    """Raise TaskError naming the argument when `name` or `p` is not allowed."""
     if name not in TASK_NAMES:
-        raise ValueError(f"task: unknown task {name!r}; allowed: {', '.join(TASK_NAMES)}")
+        raise TaskError("task", f"unknown task {name!r}; allowed: {', '.join(TASK_NAMES)}")
     if name in S5_OPS:
         return
     if p is None or p < 2:
-        raise ValueError(f"p: modulus must be an integer ≥ 2, got {p}")
+        raise TaskError("p", f"modulus must be an integer ≥ 2, got {p}")
     if name in DIVISION_TASKS and not is_prime(p):
-        raise ValueError(f"p: task {name!r} divides modulo p, so p must be prime, got {p}")
+        raise TaskError("p", f"task {name!r} divides modulo p, so p must be prime, got {p}")
 
 
 def make_dataset(name: str, p: int | None = 97) -> Dataset:
@@ -144,12 +153,13 @@ def _build(name, p, pairs, labels, n_classes, elements) -> Dataset:
 def train_size(n_examples: int, train_fraction: float) -> int:
     """round(fraction · N), after checking that both splits are non-empty."""
     if not 0.0 < train_fraction < 1.0:
-        raise ValueError(f"train_fraction: must lie in (0, 1), got {train_fraction}")
+        raise TaskError("train_fraction", f"must lie in (0, 1), got {train_fraction}")
     size = round(train_fraction * n_examples)
     if not 0 < size < n_examples:
-        raise ValueError(
-            f"train_fraction: {train_fraction} of {n_examples} examples leaves "
-            f"{size} for training and {n_examples - size} for validation; both must be ≥ 1"
+        raise TaskError(
+            "train_fraction",
+            f"{train_fraction} of {n_examples} examples leaves "
+            f"{size} for training and {n_examples - size} for validation; both must be ≥ 1",
         )
     return size
 

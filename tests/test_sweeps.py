@@ -7,8 +7,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from conftest import completed_summaries, run_cli
+from omegaconf import OmegaConf
 
 from grokking.rundir import RunDir
+from grokking.sweep import sweep_jobs
 
 SMOKE_RUNS = {"seed=0,task=add", "seed=1,task=add", "seed=0,task=sub", "seed=1,task=sub"}
 
@@ -21,6 +23,9 @@ def test_smoke_sweep_on_the_basic_launcher(smoke_sweep):
         assert summary["status"] == "completed" and summary["sweep_name"] == "smoke"
         assert summary["final_epoch"] == 300 and summary["p"] == 17
         assert f"seed={summary['seed']}" in name and f"task={summary['task']}" in name
+    for seed, grokked_at in ((0, 230), (1, 220)):  # what sweeps/smoke.yaml says of addition
+        summary = summaries[f"seed={seed},task=add"]
+        assert (summary["memorization_epoch"], summary["grokking_epoch"]) == (60, grokked_at)
     assert "sweep: 4 runs into outputs/sweeps/smoke" in result.stdout
     assert "sweep: 4/4 completed, 0 running, 0 failed" in result.stdout
 
@@ -43,8 +48,34 @@ def test_command_line_overrides_win_over_the_sweep_file(tmp_path):
     assert summaries["max_epochs=10,seed=7,task=sub"]["final_epoch"] == 10
 
 
+def test_progress_counts_only_this_sweeps_runs(tmp_path):
+    run_cli("+sweeps=smoke", "task=add", "seed=0", "max_epochs=10", cwd=tmp_path, check=True)
+    result = run_cli("+sweeps=smoke", "task=add", "seed=5,6", "max_epochs=10", cwd=tmp_path)
+    assert len(completed_summaries(tmp_path / "outputs" / "sweeps" / "smoke")) == 3  # one folder
+    assert result.stdout.splitlines()[-1] == "sweep: 2/2 completed, 0 running, 0 failed"
+
+
+def test_sweep_jobs_are_every_combination_and_the_command_line_wins():
+    config = OmegaConf.create(
+        {
+            "hydra": {
+                "sweeper": {"params": {"task": "add,sub", "seed": "0,1"}},
+                "overrides": {"task": ["seed=5,6", "+sweeps=smoke", "train_fraction=range(1,3)"]},
+            }
+        }
+    )
+    assert sweep_jobs(config) == [
+        [f"task={task}", f"seed={seed}", "+sweeps=smoke", f"train_fraction={fraction}"]
+        for task in ("add", "sub")
+        for seed in (5, 6)
+        for fraction in (1, 2)
+    ]
+
+
 def test_smoke_sweep_on_the_local_parallel_launcher(tmp_path):
-    result = run_cli("+sweeps=smoke", "hydra/launcher=parallel", cwd=tmp_path, check=True)
+    # threads=0 (the sweep file says 1): each job gets cores / n_jobs threads
+    result = run_cli("+sweeps=smoke", "hydra/launcher=parallel", "threads=0", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
     summaries = completed_summaries(tmp_path / "outputs" / "sweeps" / "smoke")
     assert set(summaries) == SMOKE_RUNS
     for summary in summaries.values():
@@ -70,7 +101,7 @@ def test_a_bad_sweep_file_fails_before_any_job(tmp_path):
     result = run_cli(f"hydra.searchpath=[file://{tmp_path / 'mine'}]", "+sweeps=bad", cwd=tmp_path)
     assert result.returncode == 2
     assert "error: sweep job 1 (task=mul +sweeps=bad)" in result.stderr
-    assert "Could not find 'task/mul'" in result.stderr
+    assert "task: no option 'mul'; allowed: add, div," in result.stderr
     assert not (tmp_path / "outputs").exists()
 
 

@@ -265,19 +265,15 @@ def test_default_run_directory_is_named_by_the_overrides(tmp_path):
         ("eval_every=0", "error: eval_every: must be an integer ≥ 1, got 0"),
         ("task=div task.p=12", "error: task.p: task 'div' divides modulo p, so p must be prime"),
         ("+foo=1", "error: foo: not a config key"),
-        ("task=mul", "Could not find 'task/mul'"),
-        ("bogus=1", "Could not override 'bogus'."),
-        ("lar_layers=some", "Invalid value 'some', expected one of [unembed, all]"),
+        ("task=mul", "error: task: no option 'mul'; allowed: add, div,"),
+        ("bogus=1", "error: bogus: not a config key; allowed: task,"),
+        ("lar_layers=some", "error: lar_layers: must be one of unembed, all, got 'some'"),
     ],
 )
 def test_bad_config_fails_before_training_with_a_clear_message(tmp_path, override, message):
     result = run_cli(*TINY_OVERRIDES, *override.split(), cwd=tmp_path)
-    assert result.returncode != 0
-    assert message in result.stderr + result.stdout
-    runs = tmp_path / "outputs" / "runs"
-    assert not runs.exists() or not any(runs.rglob("summary.json"))
-    if override.startswith(("train_fraction", "batch_size", "eval_every", "+foo", "task=div")):
-        assert result.returncode == 2 and not runs.exists()  # refused before Hydra wrote anything
+    assert result.returncode == 2 and result.stderr.startswith(message)
+    assert not (tmp_path / "outputs").exists()  # refused before Hydra wrote anything
 
 
 def test_refused_command_leaves_an_existing_run_untouched(uninterrupted):
