@@ -113,7 +113,9 @@ def analyze(dirs: list[Path], out: Path, pca_threshold: float = 0.95, figure2_ru
         written[name] = figures.save(fig, out, name)[0]
 
     left_out = results.left_out()
-    print(f"{len(results.runs)} runs analysed" + (f"; left out: {left_out}" if left_out else ""))
+    count = len(results.runs)
+    analysed = f"{count} run{'s' if count != 1 else ''} analysed"
+    print(analysed + (f"; left out: {left_out}" if left_out else ""))
     print(f"wrote tables, figures and parquet files to {out}")
     return written
 

@@ -189,9 +189,10 @@ def test_broken_and_running_runs_are_reported_and_left_out(smoke_sweep, tmp_path
     (copy / "seed=0,task=add" / "metrics.parquet").write_bytes(b"not parquet")
     running = RunDir(copy / "seed=1,task=sub")
     running.write_summary(running.read_summary() | {"status": "running"})
-    result = run_cli(
-        str(copy), "--out", str(tmp_path / "out"), cwd=tmp_path, module="grokking.analyze"
-    )
+    with running.lock():  # as its trainer holds it: the run is really going on
+        result = run_cli(
+            str(copy), "--out", str(tmp_path / "out"), cwd=tmp_path, module="grokking.analyze"
+        )
     assert result.returncode == 0, result.stderr
     assert "warning: skipping smoke/seed=0,task=add: ArrowInvalid: " in result.stderr
     assert "warning: smoke/seed=1,task=sub is in progress; left out" in result.stderr
