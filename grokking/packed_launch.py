@@ -18,14 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import submitit
-from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from grokking.config import ConfigError, TrainConfig, validate
 from grokking.packing import plan_packs
 from grokking.rundir import COMPLETED
-from grokking.sweep import refuse, to_train_config
+from grokking.sweep import compose_job, job_dir, refuse, to_train_config
 from grokking.training import Interrupted, RunFailed, train_pack
 
 log = logging.getLogger("grokking")
@@ -47,14 +46,16 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
     configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
     members, hydra_configs = [], []
     for number, overrides in enumerate(job_overrides, start=initial_job_idx):
-        job_config = _compose(launcher, list(overrides), number)
+        job_config = compose_job(launcher.config, list(overrides))
+        with open_dict(job_config):
+            job_config.hydra.job.id = job_config.hydra.job.num = number
         hydra_configs.append(job_config)
         try:
             cfg = to_train_config(job_config)
             validate(cfg)
         except ConfigError as error:
             refuse(f"sweep job {number} ({' '.join(overrides)}): {error}; nothing trained")
-        run_dir = Path(job_config.hydra.sweep.dir) / str(job_config.hydra.sweep.subdir)
+        run_dir = job_dir(job_config)
         plain = OmegaConf.masked_copy(job_config, [k for k in job_config if k != "hydra"])
         members.append(Member(number, list(overrides), cfg, run_dir, OmegaConf.to_yaml(plain)))
     packs = plan_packs(members, [m.cfg for m in members], launcher.max_pack_size)
@@ -67,15 +68,6 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
         _job_return(member, job_config, summaries.get(member.number))
         for member, job_config in zip(members, hydra_configs, strict=True)
     ]
-
-
-def _compose(launcher, overrides: list[str], number: int) -> DictConfig:
-    """The job's config as the basic launcher composes it, with its hydra node resolved."""
-    job_config = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, overrides)
-    with open_dict(job_config):
-        job_config.hydra.job.id = job_config.hydra.job.num = number
-    HydraConfig.instance().set_config(job_config)  # resolves ${hydra:...} in the sweep subdir
-    return job_config
 
 
 def _describe(member: Member) -> str:
