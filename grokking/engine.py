@@ -7,8 +7,8 @@ config, `build.build`), its own split, its own batch order (a generator seeded w
 own loss (the pack's loss is the sum of the members' mean losses, so each member's gradient is its
 own), and AdamW, which acts element by element, on its own slice of the stacked parameters.
 
-On CUDA the step of a full batch is captured once as a CUDA graph (static input buffers, fused
-AdamW with `capturable=True`), so a step costs one launch whatever R is.
+On CUDA the training step is captured once per batch shape as a CUDA graph (static input buffers,
+fused AdamW with `capturable=True`), so a step costs one launch whatever R is.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ class Engine:
             self.optimizer.load_state_dict(
                 {"state": state, "param_groups": self.optimizer.state_dict()["param_groups"]}
             )
-        self._graph = None  # a new optimizer or model: capture again
+        self._graphs: dict[int, _CapturedStep] = {}  # a new optimizer or model: capture again
 
     def lr_at(self, step: int) -> float:
         """Linear warm-up over `warmup_steps`, then constant; `step` counts the steps done."""
@@ -127,7 +127,7 @@ class Engine:
             tokens = torch.gather(self.train_x, 1, batch[..., None].expand(-1, -1, self.seq_len))
             labels = torch.gather(self.train_y, 1, batch)
             self._set_lr()
-            if self.device.type == "cuda" and batch.shape[1] == self.batch_size:
+            if self.device.type == "cuda":
                 loss_sum += self._cuda_step(tokens, labels)
             else:
                 loss_sum += self._step(tokens, labels)
@@ -139,11 +139,13 @@ class Engine:
         return self.train_x.shape[-1]
 
     def _cuda_step(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """A full batch on CUDA: eager on a side stream for the first steps (as graph capture
-        requires), then captured once and replayed."""
-        if self._graph is None:
-            self._graph = _CapturedStep(self)
-        return self._graph(tokens, labels)
+        """A step on CUDA: eager on a side stream for the first steps of each batch shape (as
+        graph capture requires), then captured once per shape (full batches, and the epoch's
+        last, smaller one) and replayed."""
+        rows = tokens.shape[1]
+        if rows not in self._graphs:
+            self._graphs[rows] = _CapturedStep(self)
+        return self._graphs[rows](tokens, labels)
 
     # --- measuring ----------------------------------------------------------------------------
     @torch.no_grad()
@@ -263,9 +265,9 @@ class Engine:
 
 
 class _CapturedStep:
-    """The engine's full-batch training step as one CUDA graph, replayed with the batch copied
-    into static buffers. The first steps run eagerly on a side stream (lazy initialisation must
-    happen outside a capture); if capture fails, training goes on eagerly with a warning."""
+    """The engine's training step for one batch shape as one CUDA graph, replayed with the batch
+    copied into static buffers. The first steps run eagerly on a side stream (lazy initialisation
+    must happen outside a capture); if capture fails, training goes on eagerly with a warning."""
 
     def __init__(self, engine: Engine):
         self.engine = engine
