@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from grokking.config import ConfigError, TrainConfig, validate
 from grokking.packing import plan_packs
-from grokking.rundir import COMPLETED
+from grokking.rundir import COMPLETED, DamagedCheckpoint, DiskFull, RunLocked
 from grokking.sweep import compose_job, job_dir, refuse, to_train_config
 from grokking.training import Interrupted, RunFailed, train_pack
 
@@ -82,6 +82,8 @@ def _run_here(packs: list[list[Member]]) -> dict[int, dict]:
     except Interrupted as error:
         log.warning("%s; rerun the same command to resume", error)
         sys.exit(128 + error.signum)
+    except (RunLocked, DamagedCheckpoint, DiskFull) as error:  # each says what to do
+        refuse(str(error), code=1)
     return summaries
 
 

@@ -1,5 +1,6 @@
 """Packed training: R runs as one stacked model end exactly as R single runs would."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -279,3 +280,12 @@ def test_a_preempted_pack_job_is_requeued_and_ends_as_if_uninterrupted(tmp_path,
         assert "SIGUSR2 at epoch" in log and f"resuming slurm/{run_dir.name} from epoch" in log
         assert preempted.status() == "completed"
         assert_same_tables(preempted, RunDir(run_dir), atol=0)
+
+
+def test_a_pack_whose_run_folder_is_in_use_is_refused_in_one_line(tmp_path):
+    busy = RunDir(tmp_path / "sweep" / "max_epochs=60,seed=0,task=add")
+    with busy.lock():
+        result = run_cli(*PACKED_SWEEP, "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert result.returncode == 1
+    assert f"error: sweep/{busy.path.name} is in use by pid {os.getpid()}" in result.stderr
+    assert "Traceback" not in result.stderr
