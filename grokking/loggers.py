@@ -153,6 +153,7 @@ class WandbLogger(RunLogger):
             config=config,
             tags=cfg.tags,
             mode=cfg.mode,
+            reinit="create_new",  # the members of a pack each keep their own run in one process
         )
 
     def log_evaluation(self, row: dict, matrix_rows: list[dict]) -> None:

@@ -187,3 +187,22 @@ def run_record(run_folder: Path) -> dict:
     """The record wandb.init writes: the run's id, name and whether it may resume."""
     records = (json.loads(line) for line in inspect_wandb(run_folder).splitlines())
     return next(record["run"] for record in records if record["type"] == "run")
+
+
+def test_wandb_runs_of_one_pack_log_side_by_side_in_one_process(wandb_offline):
+    """The members of a pack train in one process, each with its own open W&B run."""
+    folders = [wandb_offline / "a", wandb_offline / "b"]
+    cfg = LoggerConfig(name="wandb")
+    loggers = [open_logger(cfg, folder, folder.name, CONFIG) for folder in folders]
+    for epoch in (0, 10):
+        for shift, logger in enumerate(loggers):
+            logger.log_evaluation(*evaluation(epoch, shift))
+    for logger in loggers:
+        logger.close()
+    for shift, folder in enumerate(folders):
+        [run_folder] = wandb_runs(folder)
+        records = [json.loads(line) for line in inspect_wandb(run_folder).splitlines()]
+        history = [record["history"] for record in records if record["type"] == "history"]
+        assert [entry["step"]["num"] for entry in history] == [0, 10]
+        logged = {k: v for k, v in history[-1]["item"].items() if not k.startswith("_")}
+        assert logged == expected_scalars(10, shift)
