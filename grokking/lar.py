@@ -132,14 +132,19 @@ def spectral_summary(weight: torch.Tensor, inputs: torch.Tensor) -> dict[str, fl
     return summary_from_spectra(*spectra_from_gram(weight, gram(inputs).to(weight.device)))
 
 
-def sum_of_squares(rows: torch.Tensor) -> float:
-    """Σ of squared entries of a [B, d] tensor: row norms in float32 or wider (one fused pass, no
-    copy, exact to ~1e-8 relative), summed in float64 — ~10x faster than upcasting to float64.
-    Never in float16 or bfloat16: float16 tops out at 65504, so a row norm of 256 squares to inf,
-    and bfloat16 keeps 3 significant digits."""
+def sums_of_squares(rows: torch.Tensor) -> torch.Tensor:
+    """Σ of squared entries of each [B, d] block of a [..., B, d] tensor (float64, shape [...]):
+    row norms in float32 or wider (one fused pass, no copy, exact to ~1e-8 relative), summed in
+    float64 — ~10x faster than upcasting to float64. Never in float16 or bfloat16: float16 tops
+    out at 65504, so a row norm of 256 squares to inf, and bfloat16 keeps 3 significant digits."""
     accumulate = torch.promote_types(rows.dtype, torch.float32)
-    norms = torch.linalg.vector_norm(rows, dim=1, dtype=accumulate)
-    return norms.square().sum(dtype=torch.float64).item()
+    norms = torch.linalg.vector_norm(rows, dim=-1, dtype=accumulate)
+    return norms.square().sum(dim=-1, dtype=torch.float64)
+
+
+def sum_of_squares(rows: torch.Tensor) -> float:
+    """Σ of squared entries of a [B, d] tensor (`sums_of_squares`, as a float)."""
+    return sums_of_squares(rows).item()
 
 
 def _is_transformers_conv1d(module: nn.Module) -> bool:

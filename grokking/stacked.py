@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from grokking.lar import sums_of_squares
 from grokking.model import Transformer
 
 
@@ -29,14 +30,6 @@ def dense_matrix_names(n_layers: int) -> list[str]:
         names += [f"blocks.{layer}.attn.{role}" for role in ("q", "k", "v", "o")]
         names += [f"blocks.{layer}.mlp.{role}" for role in ("fc_in", "fc_out")]
     return names + ["unembed"]
-
-
-def _row_sums_of_squares(rows: torch.Tensor) -> torch.Tensor:
-    """Σ of squared entries per member of a [R, M, d] tensor, in float64: row norms in float32
-    at least (float16 squares overflow), summed in float64."""
-    at_least_float32 = torch.promote_types(rows.dtype, torch.float32)
-    norms = torch.linalg.vector_norm(rows, dim=-1, dtype=at_least_float32)
-    return norms.double().square().sum(dim=-1)
 
 
 class MatrixSums:
@@ -56,7 +49,7 @@ class MatrixSums:
             return
         x, y = x.detach(), y.detach()
         for sums, value in ((self.sum_x2, x), (self.sum_y2, y)):
-            total = _row_sums_of_squares(value)
+            total = sums_of_squares(value)  # per member
             sums[name] = total if name not in sums else sums[name] + total
         self.rows[name] = self.rows.get(name, 0) + x.shape[1]
         if name in self.gram_names:
