@@ -1,10 +1,12 @@
 """Where the trainer's time goes at the default setting, measured in one run.
 
-Prints the training step time, its achieved FLOP/s against a single-thread fp32 matmul peak
-measured in this process, and the share of training time (per `eval_every` epochs) spent in
-evaluation + LAR, LAR alone (unembedding; every matrix), saving a resume point and logging.
+Prints the training step time (beside the same step computing every position of every layer, as
+the trainer did before, and beside a plain one-run loop over `Transformer`), its achieved FLOP/s
+against a single-thread fp32 matmul peak measured in this process, and the share of training time
+(per `eval_every` epochs) spent in evaluation + LAR, LAR alone (unembedding; every matrix),
+saving a resume point and logging.
 
-    python benchmarks/train_cost.py [--threads 1] [--epochs 5] [key=value ...]
+    python benchmarks/train_cost.py [--threads 1] [--epochs 3] [--rounds 3] [key=value ...]
 
 Extra key=value pairs override the default config (e.g. task.p=53 batch_size=128).
 """
@@ -16,11 +18,12 @@ import tempfile
 import time
 
 import torch
+from packed_throughput import plain_loop, time_epochs  # a sibling script of benchmarks/
 from torch.utils.flop_counter import FlopCounterMode
 
 from grokking.engine import Engine
 from grokking.record import RunRecord
-from grokking.stacked import MatrixSums
+from grokking.stacked import MatrixSums, StackedTransformer
 from grokking.train import load_config
 
 
@@ -41,6 +44,20 @@ def matmul_flops(m, k, n):
     return 2 * m * k * n / seconds(lambda: torch.mm(a, b), repeat=10)
 
 
+def every_position(engine: Engine, fn):
+    """`fn()` with the engine's model computing every position of every layer, as the trainer
+    did before it computed the last layer at the last position only (an empty MatrixSums asks
+    for the full forward and records nothing)."""
+    model = engine.model
+    model.forward = lambda tokens, sums=None: StackedTransformer.forward(
+        model, tokens, sums if sums is not None else MatrixSums(())
+    )
+    try:
+        return fn()
+    finally:
+        del model.forward
+
+
 def step_flops(engine: Engine) -> int:
     batch = torch.arange(engine.batch_size)[None] % engine.train_y.shape[1]
     tokens = torch.gather(engine.train_x, 1, batch[..., None].expand(-1, -1, engine.seq_len))
@@ -53,7 +70,8 @@ def step_flops(engine: Engine) -> int:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--epochs", type=int, default=5, help="epochs timed for the step time")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs timed in each round")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of each way, in turns")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     cfg = load_config([f"threads={args.threads}", "device=cpu", *args.overrides])
@@ -64,13 +82,20 @@ def main():
     engine = Engine([cfg], torch.device("cpu"))
     n_train = engine.train_y.shape[1]
     steps_per_epoch = -(-n_train // cfg.batch_size)
-    engine.train_epoch()  # warm-up
-    start = time.perf_counter()
-    for _ in range(args.epochs):
-        engine.train_epoch()
-    epoch_s = (time.perf_counter() - start) / args.epochs
+    plain_epoch, _ = plain_loop(cfg, torch.device("cpu"))
+    ways = {  # timed in turns, so that a load on the machine weighs on each alike
+        "engine": engine.train_epoch,
+        "every position": lambda: every_position(engine, engine.train_epoch),
+        "plain": plain_epoch,
+    }
+    epoch_times = {name: [] for name in ways}
+    for _ in range(args.rounds):
+        for name, epoch in ways.items():
+            epoch_times[name].append(time_epochs(epoch, args.epochs, engine.device))
+    epoch_s, full_epoch_s, plain_epoch_s = (statistics.median(epoch_times[n]) for n in ways)
     step_s = epoch_s / steps_per_epoch
     flops = step_flops(engine)
+    full_flops = every_position(engine, lambda: step_flops(engine))
     interval_s = cfg.eval_every * epoch_s  # training time between two evaluations
     rows = cfg.batch_size * cfg.model.seq_len  # the MLP's first matmul, at the model's shape
     model_mm = matmul_flops(rows, cfg.model.d_model, cfg.model.d_ff)
@@ -95,6 +120,16 @@ def main():
         f"eval every {cfg.eval_every} epochs, {args.threads} thread(s)"
     )
     print(f"training step              : {step_s * 1e3:8.2f} ms  ({epoch_s:.3f} s/epoch)")
+    full_step_s = full_epoch_s / steps_per_epoch
+    print(
+        f"  every position (as before): {full_step_s * 1e3:8.2f} ms  -> "
+        f"{full_step_s / step_s:.2f}x fewer ms/step now; "
+        f"FLOPs {full_flops / 1e9:.3f} -> {flops / 1e9:.3f} GFLOP"
+    )
+    print(
+        f"  plain one-run loop       : {plain_epoch_s / steps_per_epoch * 1e3:8.2f} ms  "
+        f"(nn.Module Transformer, fused AdamW): engine/plain = {epoch_s / plain_epoch_s:.2f}"
+    )
     print(f"step FLOPs (fwd+bwd)       : {flops / 1e9:8.3f} GFLOP")
     print(f"achieved                   : {flops / step_s / 1e9:8.2f} GFLOP/s")
     print(f"matmul peak (1024^3 fp32)  : {peak / 1e9:8.2f} GFLOP/s")

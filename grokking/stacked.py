@@ -102,7 +102,13 @@ class StackedTransformer(nn.Module):
 
     # --- forward ----------------------------------------------------------------------------
     def forward(self, tokens: torch.Tensor, sums: MatrixSums | None = None) -> torch.Tensor:
-        """Logits [R, B, n_classes] at the last ('=') position of tokens [R, B, seq]."""
+        """Logits [R, B, n_classes] at the last ('=') position of tokens [R, B, seq].
+
+        Only the last position is read out, so without `sums` the last layer computes its keys
+        and values at every position and everything else (queries, attention output, MLP) at the
+        last position only: the same function, ~30 % fewer FLOPs at the default size. With
+        `sums` (an evaluation recording LAR) every layer runs at every position, so each
+        matrix's LAR is taken over all rows of all positions."""
         members, batch, seq = tokens.shape
         d_model = self.cfg.d_model
         offsets = torch.arange(members, device=tokens.device).view(-1, 1, 1) * self.vocab_size
@@ -110,13 +116,32 @@ class StackedTransformer(nn.Module):
         x = F.embedding(tokens + offsets, table)  # each member reads its own rows of the table
         x = x + self.param("position_embed.weight")[:, None, :seq]
         x = x.reshape(members, batch * seq, d_model)
-        for layer in range(self.cfg.n_layers):
+        full_layers = self.cfg.n_layers if sums is not None else self.cfg.n_layers - 1
+        for layer in range(full_layers):
             prefix = f"blocks.{layer}"
             x = x + self._attention(self._norm(f"{prefix}.ln_attn", x), prefix, batch, sums)
-            hidden = self._linear(f"{prefix}.mlp.fc_in", self._norm(f"{prefix}.ln_mlp", x), sums)
-            x = x + self._linear(f"{prefix}.mlp.fc_out", F.relu(hidden), sums)
+            x = x + self._mlp(self._norm(f"{prefix}.ln_mlp", x), prefix, sums)
+        if full_layers < self.cfg.n_layers:
+            return self._last_layer_at_last_position(x, batch)
         last = x.view(members, batch, seq, d_model)[:, :, -1]
         return self._linear("unembed", self._norm("ln_final", last), sums)
+
+    def _last_layer_at_last_position(self, x: torch.Tensor, batch: int) -> torch.Tensor:
+        """The last block and the unembedding, computed for the last position only: its query
+        attends to the keys and values of every position (all earlier ones, as causal)."""
+        members, rows, d_model = x.shape
+        seq = rows // batch
+        prefix = f"blocks.{self.cfg.n_layers - 1}"
+        normed = self._norm(f"{prefix}.ln_attn", x)
+        last = x.view(members, batch, seq, d_model)[:, :, -1]
+        normed_last = normed.view(members, batch, seq, d_model)[:, :, -1]
+        k, v = (self._heads(self._linear(f"{prefix}.attn.{r}", normed, None), batch) for r in "kv")
+        q = self._heads(self._linear(f"{prefix}.attn.q", normed_last, None), batch)
+        out = F.scaled_dot_product_attention(q, k, v)  # one query, every key: no mask needed
+        out = out.transpose(1, 2).reshape(members, batch, d_model)
+        last = last + self._linear(f"{prefix}.attn.o", out, None)
+        last = last + self._mlp(self._norm(f"{prefix}.ln_mlp", last), prefix, None)
+        return self._linear("unembed", self._norm("ln_final", last), None)
 
     def _linear(self, name: str, x: torch.Tensor, sums: MatrixSums | None) -> torch.Tensor:
         y = torch.bmm(x, self.param(f"{name}.weight").mT)
@@ -124,18 +149,26 @@ class StackedTransformer(nn.Module):
             sums.add(name, x, y)
         return y
 
+    def _mlp(self, x: torch.Tensor, prefix: str, sums: MatrixSums | None) -> torch.Tensor:
+        hidden = self._linear(f"{prefix}.mlp.fc_in", x, sums)
+        return self._linear(f"{prefix}.mlp.fc_out", F.relu(hidden), sums)
+
     def _norm(self, name: str, x: torch.Tensor) -> torch.Tensor:
         weight, bias = self.param(f"{name}.weight"), self.param(f"{name}.bias")
-        return F.layer_norm(x, x.shape[-1:]) * weight[:, None] + bias[:, None]
+        # one kernel for the affine step (and one for its backward): ~2x faster on a CPU
+        return torch.addcmul(bias[:, None], F.layer_norm(x, x.shape[-1:]), weight[:, None])
+
+    def _heads(self, t: torch.Tensor, batch: int) -> torch.Tensor:
+        """[R, B·S, d] -> [R·B, heads, S, d/heads]."""
+        members, rows, d_model = t.shape
+        n_heads = self.cfg.n_heads
+        return t.reshape(members * batch, rows // batch, n_heads, d_model // n_heads).transpose(
+            1, 2
+        )
 
     def _attention(self, x: torch.Tensor, prefix: str, batch: int, sums) -> torch.Tensor:
         members, rows, d_model = x.shape
-        seq, n_heads = rows // batch, self.cfg.n_heads
-
-        def heads(t: torch.Tensor) -> torch.Tensor:  # [R, B·S, d] -> [R·B, heads, S, d/heads]
-            return t.reshape(members * batch, seq, n_heads, d_model // n_heads).transpose(1, 2)
-
-        q, k, v = (heads(self._linear(f"{prefix}.attn.{r}", x, sums)) for r in ("q", "k", "v"))
+        q, k, v = (self._heads(self._linear(f"{prefix}.attn.{r}", x, sums), batch) for r in "qkv")
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         out = out.transpose(1, 2).reshape(members, rows, d_model)
         return self._linear(f"{prefix}.attn.o", out, sums)

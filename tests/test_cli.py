@@ -55,6 +55,21 @@ def test_help_lists_the_tasks_and_the_sweep_files(tmp_path):
             "or -), got 'x/../../../escaped'",
         ),
         (["-m", "seed=0,1", "lr=3"], "lr: not a config key (did you mean optim.lr?);"),
+    ],
+)
+def test_a_bad_command_line_is_refused_in_one_line(refusal, tmp_path, arguments, message):
+    code, stderr = refusal(*arguments)
+    assert code == 2
+    assert stderr.startswith(f"error: {message}") and stderr.count("\n") == 1
+    assert list(tmp_path.rglob("*")) == [tmp_path / "work"]  # nothing written (../escaped)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        # the pre-launch check, as the command calls it
+        (["task=nosuch", "seed=1"], "task: no option 'nosuch'; allowed: add, div,"),
+        # Hydra's sweep callback, which checks every job of a sweep before launching any
         (
             ["+sweeps=smoke", "seed=0,abc"],
             "sweep job 1 (task=add seed=abc +sweeps=smoke): seed: must be an integer, got 'abc'; "
@@ -62,13 +77,13 @@ def test_help_lists_the_tasks_and_the_sweep_files(tmp_path):
         ),
     ],
 )
-def test_a_bad_command_line_is_refused_in_one_line(tmp_path, arguments, message):
+def test_the_command_refuses_in_one_line_and_writes_nothing(tmp_path, arguments, message):
     cwd = tmp_path / "work"
     cwd.mkdir()
     result = run_cli(*arguments, cwd=cwd)
     assert result.returncode == 2
     assert result.stderr.startswith(f"error: {message}") and result.stderr.count("\n") == 1
-    assert list(tmp_path.rglob("*")) == [cwd]  # nothing written, here or above (../escaped)
+    assert list(tmp_path.rglob("*")) == [cwd]
 
 
 @pytest.mark.parametrize("device", ["cuda", "mps"])

@@ -13,6 +13,9 @@ from grokking.rundir import RunDir
 from grokking.sweep import sweep_jobs
 
 SMOKE_RUNS = {"seed=0,task=add", "seed=1,task=add", "seed=0,task=sub", "seed=1,task=sub"}
+# The launcher tests need runs, not grokking: a short budget (which names the folders too)
+SHORT = "max_epochs=60"
+SHORT_SMOKE_RUNS = {f"{SHORT},{name}" for name in SMOKE_RUNS}
 
 
 def test_smoke_sweep_on_the_basic_launcher(smoke_sweep):
@@ -21,11 +24,14 @@ def test_smoke_sweep_on_the_basic_launcher(smoke_sweep):
     assert set(summaries) == SMOKE_RUNS  # stable folder names, one per run
     for name, summary in summaries.items():
         assert summary["status"] == "completed" and summary["sweep_name"] == "smoke"
-        assert summary["final_epoch"] == 300 and summary["p"] == 17
+        assert summary["p"] == 17
         assert f"seed={summary['seed']}" in name and f"task={summary['task']}" in name
-    for seed, grokked_at in ((0, 230), (1, 220)):  # what sweeps/smoke.yaml says of addition
+        grokked = summary["grokking_epoch"]
+        expected_stop = min(600, 3 * grokked) if grokked else 600
+        assert summary["final_epoch"] == expected_stop  # 3 x its own grokking epoch, or budget
+    for seed in (0, 1):  # what sweeps/smoke.yaml says of addition, on any CPU
         summary = summaries[f"seed={seed},task=add"]
-        assert (summary["memorization_epoch"], summary["grokking_epoch"]) == (60, grokked_at)
+        assert summary["memorization_epoch"] < summary["grokking_epoch"] <= 600
     assert "sweep: 4 runs into outputs/sweeps/smoke" in result.stdout
     assert "sweep: 4/4 completed, 0 running, 0 failed" in result.stdout
 
@@ -36,7 +42,7 @@ def test_rerunning_a_completed_sweep_trains_nothing(smoke_sweep):
     tracked = [p for p in sweep.rglob("*") if p.suffix in (".pt", ".parquet", ".json")]
     before = {p: p.stat().st_mtime_ns for p in tracked}
     result = run_cli("+sweeps=smoke", cwd=cwd, check=True)
-    assert result.stdout.count("already completed at epoch 300; nothing to do") == 4
+    assert result.stdout.count("already completed at epoch") == 4
     assert "epoch 0  train_acc" not in result.stdout
     assert {p: p.stat().st_mtime_ns for p in tracked} == before
 
@@ -74,10 +80,10 @@ def test_sweep_jobs_are_every_combination_and_the_command_line_wins():
 
 def test_smoke_sweep_on_the_local_parallel_launcher(tmp_path):
     # threads=0 (the sweep file says 1): each job gets cores / n_jobs threads
-    result = run_cli("+sweeps=smoke", "hydra/launcher=parallel", "threads=0", cwd=tmp_path)
+    result = run_cli("+sweeps=smoke", SHORT, "hydra/launcher=parallel", "threads=0", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     summaries = completed_summaries(tmp_path / "outputs" / "sweeps" / "smoke")
-    assert set(summaries) == SMOKE_RUNS
+    assert set(summaries) == SHORT_SMOKE_RUNS
     for summary in summaries.values():
         assert summary["status"] == "completed"
         assert summary["threads"] == 1  # cores / n_jobs with n_jobs = cores
@@ -110,10 +116,12 @@ def test_a_bad_sweep_file_fails_before_any_job(tmp_path):
 
 @pytest.mark.slow
 def test_smoke_sweep_on_a_real_slurm_cluster(tmp_path, slurm_cluster):
-    result = run_cli("+sweeps=smoke", "hydra/launcher=slurm", cwd=tmp_path, check=True, timeout=600)
+    result = run_cli(
+        "+sweeps=smoke", SHORT, "hydra/launcher=slurm", cwd=tmp_path, check=True, timeout=600
+    )
     sweep = tmp_path / "outputs" / "sweeps" / "smoke"
     summaries = completed_summaries(sweep)
-    assert set(summaries) == SMOKE_RUNS
+    assert set(summaries) == SHORT_SMOKE_RUNS
     assert all(s["status"] == "completed" and s["threads"] == 1 for s in summaries.values())
     assert "Submitit 'slurm' sweep output dir" in result.stdout + result.stderr
     job_ids = {p.name.split("_")[0] for p in (sweep / ".submitit").glob("[0-9]*")}
@@ -152,7 +160,7 @@ def wait_for_epoch(sweep: Path, epoch: int, timeout=180):
 
 @pytest.mark.slow
 def test_a_preempted_slurm_job_is_requeued_and_ends_as_if_uninterrupted(tmp_path, slurm_cluster):
-    run = ["+sweeps=smoke", "task=add", "seed=0", "max_epochs=600", "threads=1", "save_every_s=0"]
+    run = ["+sweeps=smoke", "task=add", "seed=0", "max_epochs=120", "threads=1", "save_every_s=0"]
     driver = subprocess.Popen(
         [
             sys.executable,
