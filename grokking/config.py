@@ -4,6 +4,7 @@ and `validate`, which refuses a bad value with one line naming the field and wha
 from __future__ import annotations
 
 import enum
+import math
 import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Optional, get_args, get_origin, get_type_hints
@@ -89,6 +90,8 @@ RUNTIME_FIELDS = (
     "logger",
 )
 
+MAX_SEED = 2**63 - 1  # torch.manual_seed and torch.Generator take up to 64 bits
+
 # Where each argument of grokking/tasks.py sits in this config.
 _TASK_ARGUMENTS = {"task": "task", "p": "task.p", "train_fraction": "train_fraction"}
 
@@ -113,6 +116,9 @@ def validate(cfg: TrainConfig) -> None:
         train_size(len(make_dataset(cfg.task.name, cfg.task.p)), cfg.train_fraction)
     except TaskError as error:
         raise ConfigError(f"{_TASK_ARGUMENTS[error.argument]}: {error.reason}") from None
+    for name in ("seed", "split_seed"):  # what torch's generators accept
+        value = getattr(cfg, name)
+        _require(0 <= value <= MAX_SEED, f"{name}: must be an integer in [0, 2^63), got {value}")
     for name in ("batch_size", "eval_every", "eval_batch_size", "max_epochs"):
         value = getattr(cfg, name)
         _require(value >= 1, f"{name}: must be an integer ≥ 1, got {value}")
@@ -143,8 +149,14 @@ def validate(cfg: TrainConfig) -> None:
         cfg.model.d_model % cfg.model.n_heads == 0,
         f"model.n_heads: must divide model.d_model={cfg.model.d_model}, got {cfg.model.n_heads}",
     )
-    _require(cfg.optim.lr > 0, f"optim.lr: must be > 0, got {cfg.optim.lr}")
-    _require(cfg.optim.weight_decay >= 0, "optim.weight_decay: must be ≥ 0")
+    _require(
+        math.isfinite(cfg.optim.lr) and cfg.optim.lr > 0,
+        f"optim.lr: must be a finite number > 0, got {cfg.optim.lr}",
+    )
+    _require(
+        math.isfinite(cfg.optim.weight_decay) and cfg.optim.weight_decay >= 0,
+        f"optim.weight_decay: must be a finite number ≥ 0, got {cfg.optim.weight_decay}",
+    )
     for name in ("beta1", "beta2"):
         value = getattr(cfg.optim, name)
         _require(0 <= value < 1, f"optim.{name}: must lie in [0, 1), got {value}")

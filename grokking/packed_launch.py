@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from grokking.config import ConfigError, TrainConfig, validate
 from grokking.packing import plan_packs
-from grokking.rundir import COMPLETED, DamagedCheckpoint, DiskFull, RunLocked
+from grokking.rundir import COMPLETED, DamagedFile, DiskFull, RunLocked
 from grokking.sweep import compose_job, job_dir, refuse, to_train_config
 from grokking.training import Interrupted, RunFailed, train_pack
 
@@ -82,7 +82,7 @@ def _run_here(packs: list[list[Member]]) -> dict[int, dict]:
     except Interrupted as error:
         log.warning("%s; rerun the same command to resume", error)
         sys.exit(128 + error.signum)
-    except (RunLocked, DamagedCheckpoint, DiskFull) as error:  # each says what to do
+    except (RunLocked, DamagedFile, DiskFull) as error:  # each says what to do
         refuse(str(error), code=1)
     return summaries
 
@@ -132,16 +132,20 @@ class PackJob(submitit.helpers.Checkpointable):
 
 
 def train_members(pack: list[Member]) -> dict[int, dict]:
-    """Train one pack; {job number: summary}. Writes each job's .hydra/ files as Hydra does."""
+    """Train one pack; {job number: summary}. Each job's .hydra/ files are written as Hydra
+    does, once the trainer holds the run folder and has checked its config."""
     cpus = os.environ.get("SLURM_CPUS_PER_TASK")
     for member in pack:
         if cpus and member.cfg.threads == 0:  # the CPUs SLURM gave this job
             member.cfg.threads = int(cpus)
-        hydra_dir = member.run_dir / ".hydra"
-        hydra_dir.mkdir(parents=True, exist_ok=True)
-        (hydra_dir / "config.yaml").write_text(member.job_yaml)
-        (hydra_dir / "overrides.yaml").write_text(OmegaConf.to_yaml(member.overrides))
-    summaries = train_pack([(member.cfg, member.run_dir) for member in pack])
+    files = [
+        {
+            ".hydra/config.yaml": member.job_yaml,
+            ".hydra/overrides.yaml": OmegaConf.to_yaml(member.overrides),
+        }
+        for member in pack
+    ]
+    summaries = train_pack([(member.cfg, member.run_dir) for member in pack], files)
     return {member.number: summary for member, summary in zip(pack, summaries, strict=True)}
 
 

@@ -16,8 +16,15 @@ import torch
 import grokking
 from grokking.config import ConfigError, TrainConfig, config_differences, to_dict
 from grokking.loggers import RunLogger, open_logger
-from grokking.model import matrix_role
-from grokking.rundir import COMPLETED, FAILED, INTERRUPTED, RUNNING, RunDir
+from grokking.model import Transformer, matrix_role
+from grokking.rundir import (
+    COMPLETED,
+    FAILED,
+    INTERRUPTED,
+    RUNNING,
+    DamagedCheckpoint,
+    RunDir,
+)
 from grokking.tasks import make_dataset, train_size
 
 log = logging.getLogger("grokking")
@@ -73,18 +80,84 @@ def _refuse_other_config(stored: dict, cfg: TrainConfig, where: Path) -> None:
         )
 
 
+# What a resume point (last.pt) holds besides the model, and of which type.
+RESUME_FIELDS = {
+    "config": dict,
+    "epoch": int,
+    "step": int,
+    "wall_s": (int, float),
+    "events": dict,
+    "metrics": list,
+    "matrix_lar": list,
+    "optimizer": dict,
+    "optimizer_step": int,
+    "batch_order": torch.Tensor,
+}
+
+
+def check_resume_point(saved: dict, shapes: dict[str, torch.Size], path: Path) -> None:
+    """DamagedCheckpoint naming `path` unless `saved` holds all a resume needs: the fields above,
+    a model of the config's `shapes`, AdamW moments of the same shapes, a batch-order RNG state
+    and the events."""
+    problem = _resume_point_problem(saved, shapes)
+    if problem:
+        raise DamagedCheckpoint(
+            f"{path} is not a resume point of this run ({problem}): move it aside to restart "
+            "the run from scratch"
+        )
+
+
+def _resume_point_problem(saved: dict, shapes: dict[str, torch.Size]) -> str | None:
+    for name, kind in RESUME_FIELDS.items():
+        if not isinstance(saved.get(name), kind):
+            return f"no {name}"
+    model_shapes = {name: tensor.shape for name, tensor in saved["model"].items()}
+    if model_shapes != shapes:
+        return "its model has other parameters or shapes than the config's"
+    if set(saved["optimizer"]) != set(shapes):
+        return "optimizer state for other parameters"
+    for name, moments in saved["optimizer"].items():
+        if not isinstance(moments, dict) or set(moments) != {"exp_avg", "exp_avg_sq"}:
+            return f"no optimizer moments of {name!r}"
+        if any(
+            not isinstance(value, torch.Tensor) or value.shape != shapes[name]
+            for value in moments.values()
+        ):
+            return f"optimizer moments of {name!r} of another shape"
+    events = saved["events"]
+    if set(events) != {"memorization_epoch", "grokking_epoch"} or not all(
+        value is None or isinstance(value, int) for value in events.values()
+    ):
+        return "no events"
+    try:
+        torch.Generator().set_state(saved["batch_order"])
+    except (RuntimeError, TypeError):
+        return "no batch-order state"
+    if not all(isinstance(row, dict) for row in saved["metrics"] + saved["matrix_lar"]):
+        return "metric rows that are not rows"
+    return None
+
+
 class RunRecord:
     """Everything one run writes. `epoch` and `step` follow the engine; `active` is False once
     the run has completed or failed."""
 
-    def __init__(self, cfg: TrainConfig, run_dir: str | Path, device: torch.device):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        run_dir: str | Path,
+        device: torch.device,
+        files: dict[str, str] | None = None,
+    ):
         self.cfg = cfg
+        self.files = files or {}  # {path in the run folder: text}, e.g. Hydra's .hydra/ files
         self.run_dir = RunDir(run_dir)
         self.label = self.run_dir.path.name  # names the run on a console shared with others
         self.device = device
-        n_examples = len(make_dataset(cfg.task.name, cfg.task.p))
-        self.n_train = train_size(n_examples, cfg.train_fraction)
-        self.n_val = n_examples - self.n_train
+        data = make_dataset(cfg.task.name, cfg.task.p)
+        self.n_train = train_size(len(data), cfg.train_fraction)
+        self.n_val = len(data) - self.n_train
+        self._shapes = (data.vocab_size, data.n_classes)  # of the model: checks a resume point
         self.evaluations_on_console = True  # False while a progress bar shows them
         self.events = Events()
         self.epoch = self.step = 0
@@ -103,6 +176,7 @@ class RunRecord:
         has it), and remove what an interrupted write left behind."""
         cleanup.enter_context(self.run_dir.lock())
         cleanup.callback(self.close)
+        self._open_log()  # a link planted at train.log is refused before anything is written
         self.run_dir.clean_temporary_files()
 
     def completed(self) -> bool:
@@ -121,7 +195,11 @@ class RunRecord:
         if not self.run_dir.has_checkpoint("last"):
             return None
         saved = self.run_dir.load_checkpoint("last")
-        _refuse_other_config(saved["config"], self.cfg, self.run_dir.checkpoint_path("last"))
+        path = self.run_dir.checkpoint_path("last")
+        with torch.device("meta"):  # shapes only: nothing is allocated or initialised
+            model = Transformer(*self._shapes, self.cfg.model)
+        check_resume_point(saved, {k: v.shape for k, v in model.state_dict().items()}, path)
+        _refuse_other_config(saved["config"], self.cfg, path)
         if saved["step"] == 0:  # saved at initialisation: starting afresh redoes it exactly
             return None
         self.epoch, self.step = saved["epoch"], saved["step"]
@@ -130,6 +208,12 @@ class RunRecord:
         self.metrics, self.matrix_lar = saved["metrics"], saved["matrix_lar"]
         self.log(f"resuming {self.run_dir.path} from epoch {self.epoch}")
         return saved
+
+    def write_files(self) -> None:
+        """Write `files` into the run folder: called once the lock is held and the folder's
+        config checked, so that a refused process leaves the folder as it was."""
+        for name, text in self.files.items():
+            self.run_dir.write_text(name, text)
 
     def start(self) -> None:
         """A fresh run: its folder says so before the first evaluation."""
@@ -275,15 +359,17 @@ class RunRecord:
 
     def log(self, message: str, level: int = logging.INFO, console: bool | None = True) -> None:
         """Into the run's train.log always; on the console (named by the run) when `console`."""
-        if self._file_log is None:
-            self._file_log = logging.Logger(f"grokking.run.{self.label}")
-            self.run_dir.path.mkdir(parents=True, exist_ok=True)
-            handler = logging.FileHandler(self.run_dir.path / "train.log")
-            handler.setFormatter(logging.Formatter("[%(asctime)s][%(levelname)s] - %(message)s"))
-            self._file_log.addHandler(handler)
-        self._file_log.log(level, message)
+        self._open_log().log(level, message)
         if console:
             log.log(level, "%s: %s", self.label, message)
+
+    def _open_log(self) -> logging.Logger:
+        if self._file_log is None:
+            self._file_log = logging.Logger(f"grokking.run.{self.label}")
+            handler = self.run_dir.log_handler()
+            handler.setFormatter(logging.Formatter("[%(asctime)s][%(levelname)s] - %(message)s"))
+            self._file_log.addHandler(handler)
+        return self._file_log
 
     def close(self) -> None:
         if self._logger is not None:

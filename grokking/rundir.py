@@ -16,8 +16,14 @@ through it: the format lives here and nowhere else.
 Every write goes to a temporary file `.NAME.*.tmp` in the same folder, is synced to disk and
 renamed over the target, and the folder is synced: a kill or a power loss at any instant leaves
 each file either old or new, never half written or empty. A full disk raises `DiskFull` and
-leaves the old file. Checkpoints load with weights_only=True: a file that is damaged, or that
-holds anything but tensors and plain values, raises `DamagedCheckpoint` and runs no code.
+leaves the old file. Checkpoints load with weights_only=True: a file that holds anything but
+tensors and plain values is refused and runs no code.
+
+Reading: each file has one reader here, and every way a file can be wrong (truncated, garbage, of
+the wrong type or shape, a directory, a symbolic link, unreadable) raises `DamagedFile` (for a
+checkpoint, its subclass `DamagedCheckpoint`), one line naming the file and what to do. No file
+of a run folder is opened through a symbolic link (O_NOFOLLOW): in a results tree that others can
+write, a link planted in a run folder cannot make a run read, truncate or append to another file.
 """
 
 from __future__ import annotations
@@ -25,14 +31,16 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
+import logging
 import os
 import pickle
 import secrets
 import shutil
 import socket
+import stat
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -46,6 +54,7 @@ MATRIX_LAR = "matrix_lar.parquet"
 MEASURES = "checkpoint_measures.parquet"  # the analysis' cache (analysis/measure.py)
 CHECKPOINT_KINDS = ("memorization", "grokking", "final")
 LOCK = ".lock"
+LOG = "train.log"
 TEMPORARY = ".*.tmp"  # what atomic_write leaves behind when it is killed mid-write
 
 # Statuses a run can have in summary.json.
@@ -83,9 +92,64 @@ class RunLocked(RuntimeError):
 class DiskFull(OSError):
     """A write failed for lack of space; the file it was replacing is unchanged."""
 
+    def __str__(self) -> str:
+        return self.strerror  # the message alone: it says what, where, and how much is free
 
-class DamagedCheckpoint(RuntimeError):
+
+# Statuses `RunDir.status` adds: a summary that cannot be read back.
+DAMAGED = "damaged"
+
+
+class DamagedFile(RuntimeError):
+    """A file of a run folder that cannot be read back as what it should hold; the message names
+    the file, what is wrong with it and what to do."""
+
+
+class DamagedCheckpoint(DamagedFile):
     """A checkpoint that cannot be loaded: truncated, corrupt, or not written by this project."""
+
+
+# How a file of the run folder is opened: never through a symbolic link, and never blocking on
+# a FIFO planted in its place.
+NOFOLLOW = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def open_regular(path: Path, flags: int, todo: str, mode: int = 0o666) -> int:
+    """A file descriptor of the regular file `path` (os.open `flags`, never through a link);
+    DamagedFile naming the file and `todo` when it is a link, a directory or anything but a
+    regular file, or cannot be opened; FileNotFoundError when it is absent (and not created)."""
+    try:
+        fd = os.open(path, flags | NOFOLLOW, mode)
+    except FileNotFoundError:
+        raise
+    except OSError as error:
+        _raise_if_disk_full(error, path)
+        if error.errno == errno.ELOOP:
+            raise DamagedFile(
+                f"{path} is a symbolic link; refused (files of a run folder are never followed "
+                f"through links): {todo}"
+            ) from None
+        what = "is a directory" if error.errno == errno.EISDIR else f"cannot be opened ({error})"
+        raise DamagedFile(f"{path} {what}: {todo}") from None
+    kind = os.fstat(fd).st_mode
+    if not stat.S_ISREG(kind):
+        os.close(fd)
+        what = "is a directory" if stat.S_ISDIR(kind) else "is not a regular file"
+        raise DamagedFile(f"{path} {what}: {todo}")
+    return fd
+
+
+def read_file(path: Path, parse: Callable[[Any], Any], todo: str) -> Any:
+    """`parse(binary file object)` of the regular file `path`; DamagedFile naming the file and
+    `todo` for anything that goes wrong but its absence (FileNotFoundError)."""
+    fd = open_regular(path, os.O_RDONLY, todo)
+    with os.fdopen(fd, "rb") as file:
+        try:
+            return parse(file)
+        except Exception as error:
+            what = "cannot be read" if isinstance(error, OSError) else "is damaged"
+            detail = str(error).strip().split("\n")[0][:120]
+            raise DamagedFile(f"{path} {what} ({type(error).__name__}: {detail}): {todo}") from None
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -95,6 +159,11 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     `path` holds the old or the new content, never an empty file. A lack of space raises
     `DiskFull`; whatever fails, the temporary file is removed."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    if path.parent.is_symlink():  # its files would land wherever the link points
+        raise DamagedFile(
+            f"{path.parent} is a symbolic link; refused (files of a run folder are never "
+            "written through links): remove it"
+        )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         # created by us rather than by mkstemp (0600), so that the umask decides who may read
@@ -140,6 +209,12 @@ def _disk_full(error: BaseException, path: Path) -> DiskFull | None:
     )
 
 
+def _raise_if_disk_full(error: OSError, path: Path) -> None:
+    full = _disk_full(error, path)
+    if full is not None:
+        raise full from error
+
+
 def _size(n_bytes: int) -> str:
     if n_bytes < 1024:
         return f"{n_bytes} B"
@@ -168,60 +243,96 @@ class RunDir:
 
     # --- summary -------------------------------------------------------------------------
     def exists(self) -> bool:
-        return (self.path / SUMMARY).is_file()
+        """Whether anything stands at summary.json (a damaged one too: reading it says what)."""
+        return os.path.lexists(self.path / SUMMARY)
 
     def read_summary(self) -> dict[str, Any]:
-        return json.loads((self.path / SUMMARY).read_text())
+        """The summary; DamagedFile when summary.json is not one this project wrote."""
+        return read_file(
+            self.path / SUMMARY,
+            _parse_summary,
+            "move the run folder aside (or restore the file) and train the run again",
+        )
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         text = json.dumps(summary, indent=2, default=str) + "\n"
         atomic_write(self.path / SUMMARY, lambda tmp: tmp.write_text(text))
 
     def status(self) -> str | None:
-        """The summary's status, except that a run said to be running whose lock is free is
-        interrupted: its process is gone."""
+        """The summary's status (None when there is none), except that a run said to be running
+        whose lock is free is interrupted (its process is gone), and a summary that cannot be
+        read back is `damaged`. Never raises for what is in the folder."""
         if not self.exists():
             return None
-        status = self.read_summary().get("status")
+        try:
+            status = self.read_summary()["status"]
+        except DamagedFile:
+            return DAMAGED
         return INTERRUPTED if status == RUNNING and not self.is_locked() else status
 
     # --- one process per run -------------------------------------------------------------
     @contextmanager
-    def lock(self) -> Iterator[RunDir]:
-        """Hold the run folder (created if need be) for the whole `with` block; RunLocked at
-        once if another process, or another `lock()` in this one, holds it. The OS releases the
-        lock when the process ends, however it ends."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    def lock(self, what: str = "run folder") -> Iterator[RunDir]:
+        """Hold the folder (created if need be) for the whole `with` block; RunLocked at once if
+        another process, or another `lock()` in this one, holds it. The OS releases the lock
+        when the process ends, however it ends. `what` names the folder in the refusal."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            _raise_if_disk_full(error, self.path)
+            raise
+        todo = f"remove it; {self.path} is then free"
+        fd = open_regular(self.path / LOCK, os.O_RDWR | os.O_CREAT, todo)
         try:
             if not _try_flock(fd, fcntl.LOCK_EX, patience_s=0.1):
                 raise RunLocked(
-                    f"{self.path} is in use by {_holder(fd)}: one process per run folder; wait "
+                    f"{self.path} is in use by {_holder(fd)}: one process per {what}; wait "
                     "for it to end or stop it"
                 )
             holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": _now()}
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, json.dumps(holder).encode(), 0)
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, json.dumps(holder).encode(), 0)
+            except OSError as error:
+                _raise_if_disk_full(error, self.path / LOCK)
+                raise
             self._lock_fd = fd
             try:
                 yield self
             finally:
                 self._lock_fd = None
-                os.ftruncate(fd, 0)  # no stale holder for the next one to report
+                with suppress(OSError):  # a full disk cannot refuse an empty file
+                    os.ftruncate(fd, 0)  # no stale holder for the next one to report
         finally:
             os.close(fd)  # releases the lock
 
-    def is_locked(self) -> bool:
-        """Whether a process holds the run folder; takes nothing and creates nothing."""
+    def holder(self) -> str | None:
+        """Who holds the run folder ("pid N on HOST since T"), or None when it is free; takes
+        nothing and creates nothing."""
         try:
-            fd = os.open(self.path / LOCK, os.O_RDONLY)
-        except FileNotFoundError:
-            return False
+            fd = os.open(self.path / LOCK, os.O_RDONLY | NOFOLLOW)
+        except OSError:  # absent, or a link or anything else this project does not lock
+            return None
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
             # a shared lock conflicts only with a holder's exclusive one; dropped at once
-            return not _try_flock(fd, fcntl.LOCK_SH, patience_s=0)
+            return None if _try_flock(fd, fcntl.LOCK_SH, patience_s=0) else _holder(fd)
         finally:
             os.close(fd)
+
+    def is_locked(self) -> bool:
+        """Whether a process holds the run folder; takes nothing and creates nothing."""
+        return self.holder() is not None
+
+    def check_free(self) -> None:
+        """RunLocked, naming the holder, when another process holds the run folder."""
+        holder = self.holder()
+        if holder is not None:
+            raise RunLocked(
+                f"{self.path} is in use by {holder}: one process per run folder; wait for it "
+                "to end or stop it"
+            )
 
     def clean_temporary_files(self) -> list[Path]:
         """Remove what interrupted atomic writes left behind (`.NAME.*.tmp`, in the run folder
@@ -237,6 +348,20 @@ class RunDir:
             path.unlink()
         return leftovers
 
+    def write_text(self, name: str, text: str) -> None:
+        """Write `text` to the file `name` (a path inside the run folder), atomically."""
+        atomic_write(self.path / name, lambda tmp: tmp.write_text(text))
+
+    # --- log -----------------------------------------------------------------------------
+    def log_handler(self) -> logging.Handler:
+        """A logging handler appending to the run's train.log (opened without following a
+        link). A line that cannot be written (a full disk) is dropped quietly: the error that
+        matters is reported by whoever hit it, not buried under logging's own tracebacks."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        todo = "remove it; the run writes a new one"
+        fd = open_regular(self.path / LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT, todo)
+        return _QuietFileHandler(os.fdopen(fd, "a", encoding="utf-8"))
+
     # --- tables --------------------------------------------------------------------------
     def write_metrics(self, rows: list[dict]) -> None:
         self._write_table(METRICS, pd.DataFrame(rows, columns=METRIC_COLUMNS))
@@ -245,14 +370,16 @@ class RunDir:
         self._write_table(MATRIX_LAR, pd.DataFrame(rows, columns=MATRIX_COLUMNS))
 
     def read_metrics(self) -> pd.DataFrame:
-        return pd.read_parquet(self.path / METRICS)
+        return self._read_table(METRICS, ["epoch", "step", "lar"])
 
     def read_matrix_lar(self) -> pd.DataFrame:
-        return pd.read_parquet(self.path / MATRIX_LAR)
+        return self._read_table(MATRIX_LAR, ["epoch", "name", "lar"])
 
     def read_measures(self) -> pd.DataFrame | None:
-        path = self.path / MEASURES
-        return pd.read_parquet(path) if path.is_file() else None
+        """The analysis' cache, None when absent; DamagedFile when it cannot be read back."""
+        if not os.path.lexists(self.path / MEASURES):
+            return None
+        return self._read_table(MEASURES, ["kind"], todo="delete it; the analysis remakes it")
 
     def write_measures(self, frame: pd.DataFrame) -> None:
         self._write_table(MEASURES, frame)
@@ -260,36 +387,57 @@ class RunDir:
     def _write_table(self, name: str, frame: pd.DataFrame) -> None:
         atomic_write(self.path / name, lambda tmp: frame.to_parquet(tmp, index=False))
 
+    def _read_table(self, name: str, columns: list[str], todo: str | None = None) -> pd.DataFrame:
+        def parse(file) -> pd.DataFrame:
+            frame = pd.read_parquet(file)
+            missing = [column for column in columns if column not in frame.columns]
+            if missing:
+                raise ValueError(f"not a table of this project (no {', '.join(missing)} column)")
+            return frame
+
+        todo = todo or "restore it, or move the run folder aside and train the run again"
+        return read_file(self.path / name, parse, todo)
+
     # --- checkpoints ---------------------------------------------------------------------
     def save_checkpoint(self, name: str, state: dict[str, Any]) -> None:
         atomic_write(self.checkpoint_path(name), lambda tmp: torch.save(state, tmp))
 
     def has_checkpoint(self, name: str) -> bool:
-        return self.checkpoint_path(name).is_file()
+        """Whether anything stands at the checkpoint's path (loading a damaged one says what)."""
+        return os.path.lexists(self.checkpoint_path(name))
 
     def load_checkpoint(self, name: str, map_location: str | torch.device = "cpu") -> dict:
-        """The checkpoint `name`; DamagedCheckpoint if it cannot be read back."""
+        """The checkpoint `name`, a dict holding the model's state_dict under "model";
+        DamagedCheckpoint if it cannot be read back as one (FileNotFoundError if absent)."""
         path = self.checkpoint_path(name)
-        try:
+        todo = (
+            "move it aside to restart the run from scratch"
+            if name == "last"
+            else "move it aside; only training the run again remakes it"
+        )
+
+        def parse(file) -> dict:
             # weights_only: a checkpoint holds tensors and plain Python values only, so a
             # crafted file cannot run code when it is loaded (torch refuses anything else)
-            return torch.load(path, map_location=map_location, weights_only=True)
-        except OSError:
-            raise  # missing or unreadable: about the file system, not the file's content
-        except Exception as error:
-            what = (
-                # what torch's safe unpickler refuses: anything but tensors and plain values
-                "is not a checkpoint this project wrote, or is corrupt (it asks for more than "
-                "tensors and plain values; refused, nothing in it ran)"
-                if isinstance(error, pickle.UnpicklingError)
-                else "is damaged (truncated or corrupt)"
-            )
-            todo = (
-                "move it aside to restart the run from scratch"
-                if name == "last"
-                else "move it aside; only training the run again remakes it"
-            )
-            raise DamagedCheckpoint(f"{path} {what}: {todo}") from error
+            try:
+                state = torch.load(file, map_location=map_location, weights_only=True)
+            except pickle.UnpicklingError:
+                raise ValueError(
+                    "not a checkpoint this project wrote (it asks for more than tensors and "
+                    "plain values; refused, nothing in it ran)"
+                ) from None
+            model = state.get("model") if isinstance(state, dict) else None
+            if not isinstance(model, dict) or not all(
+                isinstance(key, str) and isinstance(value, torch.Tensor)
+                for key, value in model.items()
+            ):
+                raise ValueError("not a checkpoint this project wrote (no model state_dict)")
+            return state
+
+        try:
+            return read_file(path, parse, todo)
+        except DamagedFile as error:
+            raise DamagedCheckpoint(str(error)) from None
 
     def config(self):
         """The run's TrainConfig, as stored in summary.json."""
@@ -305,6 +453,27 @@ class RunDir:
         _, model = build(self.config(), device)
         model.load_state_dict(self.load_checkpoint(kind, map_location=device)["model"])
         return model.eval()
+
+
+class _QuietFileHandler(logging.StreamHandler):
+    def handleError(self, record: logging.LogRecord) -> None:
+        pass  # see RunDir.log_handler
+
+    def close(self) -> None:
+        with suppress(OSError):
+            self.stream.close()
+        super().close()
+
+
+def _parse_summary(file) -> dict[str, Any]:
+    summary = json.load(file)
+    if not (
+        isinstance(summary, dict)
+        and isinstance(summary.get("status"), str)
+        and isinstance(summary.get("config"), dict)
+    ):
+        raise ValueError("not a run summary of this project (no status and config)")
+    return summary
 
 
 def _try_flock(fd: int, mode: int, patience_s: float) -> bool:

@@ -12,6 +12,7 @@ import os
 import sys
 import threading
 from collections import Counter
+from contextlib import ExitStack
 from pathlib import Path
 
 from hydra.core.global_hydra import GlobalHydra
@@ -23,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from grokking.config import ConfigError, TrainConfig, check_device_here, from_dict, validate
 from grokking.hydra_errors import COMPOSITION_ERRORS, explain
 from grokking.record import check_same_config
-from grokking.rundir import COMPLETED, FAILED, RunDir
+from grokking.rundir import COMPLETED, DAMAGED, FAILED, DamagedFile, DiskFull, RunDir, RunLocked
 
 
 def to_train_config(cfg: DictConfig) -> TrainConfig:
@@ -88,8 +89,21 @@ def default_threads(hydra_cfg: DictConfig) -> int:
 
 
 class CheckBeforeLaunch(Callback):
-    """Refuse a bad config (or a folder holding another run) before Hydra writes or submits
-    anything. Exits itself: Hydra turns a callback's exception into a mere warning."""
+    """Refuse a bad config, a folder holding another run, a folder another process holds or a
+    damaged one, before Hydra writes or submits anything. A sweep holds its sweep folder (its
+    .lock) from the check to its end, so a second command into the same sweep folder is refused
+    before Hydra rewrites multirun.yaml. Exits itself: Hydra turns a callback's exception into a
+    mere warning."""
+
+    def __init__(self):
+        self._held = ExitStack()  # the sweep folder's lock, while the sweep runs
+
+    # Launchers pickle the callbacks along with each job; the lock stays with the driver.
+    def __getstate__(self) -> dict:
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         try:
@@ -97,22 +111,43 @@ class CheckBeforeLaunch(Callback):
             validate(train_cfg)
             check_device_here(train_cfg)
             HydraConfig.instance().set_config(config)  # lets hydra.run.dir's ${hydra:...} resolve
-            check_same_config(train_cfg, config.hydra.run.dir)
+            check_folder(train_cfg, Path(config.hydra.run.dir))
         except ConfigError as error:
             refuse(str(error))
+        except (RunLocked, DamagedFile, DiskFull) as error:
+            refuse(str(error), code=1)
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         jobs = sweep_jobs(config)
+        try:
+            self._held.enter_context(RunDir(config.hydra.sweep.dir).lock("sweep folder"))
+        except (RunLocked, DamagedFile, DiskFull) as error:
+            refuse(f"{error}; nothing submitted", code=1)
         for number, overrides in enumerate(jobs):
+            where = f"sweep job {number} ({' '.join(overrides)})"
             try:
-                train_cfg = to_train_config(compose_job(config, overrides))
+                job_config = compose_job(config, overrides)
+                train_cfg = to_train_config(job_config)
                 validate(train_cfg)
                 if not runs_elsewhere(config):  # SLURM nodes have devices this machine lacks
                     check_device_here(train_cfg)
+                check_folder(train_cfg, job_dir(job_config))
             except COMPOSITION_ERRORS as error:  # ours, or Hydra's (unknown task, typo)
-                job = " ".join(overrides)
-                refuse(f"sweep job {number} ({job}): {explain(error)}; nothing submitted")
+                refuse(f"{where}: {explain(error)}; nothing submitted")
+            except (RunLocked, DamagedFile, DiskFull) as error:
+                refuse(f"{where}: {error}; nothing submitted", code=1)
+        HydraConfig.instance().set_config(config)  # back to the sweep's own config
         print(f"sweep: {len(jobs)} runs into {config.hydra.sweep.dir}", flush=True)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        self._held.close()
+
+
+def check_folder(cfg: TrainConfig, run_dir: Path) -> None:
+    """RunLocked naming the holder when another process holds `run_dir`; ConfigError when it
+    holds a run of another config; DamagedFile when its summary cannot be read back."""
+    RunDir(run_dir).check_free()
+    check_same_config(cfg, run_dir)
 
 
 class SweepProgress(Callback):
@@ -155,8 +190,10 @@ class SweepProgress(Callback):
 
 
 def progress_line(run_dirs: list[Path]) -> str:
-    """`sweep: N/M completed, R running, F failed` over these run folders (M = how many)."""
+    """`sweep: N/M completed, R running, F failed` over these run folders (M = how many), and
+    `, D damaged` when some summary cannot be read back."""
     statuses = Counter(RunDir(path).status() for path in run_dirs)
-    done, failed = statuses[COMPLETED], statuses[FAILED]
-    running = len(run_dirs) - statuses[None] - done - failed  # started, not finished
-    return f"sweep: {done}/{len(run_dirs)} completed, {running} running, {failed} failed"
+    done, failed, damaged = statuses[COMPLETED], statuses[FAILED], statuses[DAMAGED]
+    running = len(run_dirs) - statuses[None] - done - failed - damaged  # started, not finished
+    line = f"sweep: {done}/{len(run_dirs)} completed, {running} running, {failed} failed"
+    return line + (f", {damaged} damaged" if damaged else "")

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from grokking.config import ConfigError, TrainConfig, check_device_here, validate
 from grokking.hydra_errors import COMPOSITION_ERRORS, explain
-from grokking.rundir import DamagedCheckpoint, DiskFull, RunLocked
+from grokking.rundir import DamagedFile, DiskFull, RunLocked
 from grokking.sweep import default_threads, refuse, to_train_config
 from grokking.training import Interrupted, RunFailed, train
 
@@ -99,16 +99,27 @@ def run(cfg: DictConfig) -> None:
     try:
         validate(train_cfg)
         check_device_here(train_cfg)  # on the machine that trains, e.g. a SLURM node
-        train(train_cfg, Path(hydra_cfg.runtime.output_dir))
+        train(train_cfg, Path(hydra_cfg.runtime.output_dir), hydra_files(cfg))
     except ConfigError as error:
         refuse(str(error))
     except RunFailed as error:
         refuse(f"run failed: {error}", code=1)
-    except (RunLocked, DamagedCheckpoint, DiskFull) as error:  # each says what to do
+    except (RunLocked, DamagedFile, DiskFull) as error:  # each says what to do
         refuse(str(error), code=1)
     except Interrupted as error:
         log.warning("%s; rerun the same command to resume", error)
         sys.exit(128 + error.signum)
+
+
+def hydra_files(cfg: DictConfig) -> dict[str, str]:
+    """The job's .hydra/ files, as Hydra writes them (conf/config.yaml turns Hydra's own writing
+    off, so that they are written only under the run folder's lock: record.py)."""
+    hydra_cfg = HydraConfig.instance().cfg
+    return {
+        ".hydra/config.yaml": OmegaConf.to_yaml(cfg),
+        ".hydra/hydra.yaml": OmegaConf.to_yaml(hydra_cfg),
+        ".hydra/overrides.yaml": OmegaConf.to_yaml(hydra_cfg.hydra.overrides.task),
+    }
 
 
 def main() -> None:

@@ -79,19 +79,25 @@ class _SignalCatcher:
         raise Interrupted(self.signum)
 
 
-def train(cfg: TrainConfig, run_dir) -> dict:
+def train(cfg: TrainConfig, run_dir, files: dict[str, str] | None = None) -> dict:
     """Train the run described by `cfg` into `run_dir`: start it, resume it from last.pt, or
-    leave it alone when it has completed. Returns its summary; RunFailed on a NaN loss."""
-    (summary,) = train_pack([(cfg, run_dir)])
+    leave it alone when it has completed. `files` ({path in the run folder: text}, such as
+    Hydra's .hydra/ record) are written once the folder is held and its config checked.
+    Returns its summary; RunFailed on a NaN loss."""
+    (summary,) = train_pack([(cfg, run_dir)], [files or {}])
     if summary["status"] == FAILED:
         raise RunFailed(summary["failure"])
     return summary
 
 
-def train_pack(members: Sequence[tuple[TrainConfig, str | Path]]) -> list[dict]:
+def train_pack(
+    members: Sequence[tuple[TrainConfig, str | Path]],
+    files: Sequence[dict[str, str]] | None = None,
+) -> list[dict]:
     """Train runs (config, run folder) as one stacked model; each ends exactly as it would alone.
-    Completed runs are skipped, interrupted ones resume. Returns every run's summary (a failed
-    run has status failed and does not stop the others); Interrupted on a stop signal."""
+    Completed runs are skipped, interrupted ones resume; each member's `files` are written as in
+    `train`. Returns every run's summary (a failed run has status failed and does not stop the
+    others); Interrupted on a stop signal."""
     cfgs = [cfg for cfg, _ in members]
     keys = {pack_key(cfg) for cfg in cfgs}
     if len(keys) > 1:
@@ -100,11 +106,17 @@ def train_pack(members: Sequence[tuple[TrainConfig, str | Path]]) -> list[dict]:
         torch.set_num_threads(cfgs[0].threads)
     _log_to_console_if_nobody_does()
     device = resolve_device(cfgs[0].device)
-    records = [RunRecord(cfg, run_dir, device) for cfg, run_dir in members]
+    files = files or [{} for _ in members]
+    records = [
+        RunRecord(cfg, run_dir, device, member_files)
+        for (cfg, run_dir), member_files in zip(members, files, strict=True)
+    ]
     with ExitStack() as cleanup:
         for record in records:
             record.open(cleanup)
         todo = [record for record in records if not record.completed()]
+        for record in todo:  # every folder held and checked: nothing was written before
+            record.write_files()
         saved = {id(record): record.resume() for record in todo}
         by_step: dict[int, list[RunRecord]] = {}
         for record in todo:  # members must share the step count: AdamW's is shared

@@ -138,8 +138,10 @@ def test_a_run_with_a_truncated_or_missing_checkpoint_is_in_no_output(smoke_copy
     assert pd.read_csv(tmp_path / "out" / "table1.csv")["n"].max() <= 2
     stdout = capsys.readouterr().out
     assert "2 runs analysed; left out: skipped: " in stdout
-    assert f"smoke/{ADD0} (cannot measure its checkpoints: DamagedCheckpoint: " in stdout
-    assert f"smoke/{SUB1} (FileNotFoundError: checkpoints/final.pt missing)" in stdout
+    # each reason names the file
+    assert f"smoke/{ADD0} (cannot measure its checkpoints: {final} is damaged (" in stdout
+    missing = smoke_copy / SUB1 / "checkpoints" / "final.pt"
+    assert f"smoke/{SUB1} (FileNotFoundError: {missing} missing)" in stdout
 
 
 def test_no_measurable_run_is_a_clear_error_that_writes_nothing(smoke_copy, tmp_path):
@@ -190,7 +192,7 @@ def test_a_crafted_checkpoint_is_refused_and_runs_no_code(smoke_copy, tmp_path):
     measures = measure_all(results)
     assert not marker.exists()
     assert [run for run, _ in results.skipped] == [f"smoke/{ADD0}"]
-    assert "DamagedCheckpoint: " in results.skipped[0][1]
+    assert str(smoke_copy / ADD0 / "checkpoints/final.pt") in results.skipped[0][1]
     assert "is not a checkpoint this project" in results.skipped[0][1]
     assert f"smoke/{ADD0}" not in set(results.runs["run"]) | set(measures["run"])
 

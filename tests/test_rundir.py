@@ -86,7 +86,7 @@ def test_a_second_lock_in_the_same_process_is_refused(tmp_path):
 
 def test_a_killed_run_is_interrupted_and_its_folder_free(tmp_path, holder):
     run = RunDir(tmp_path / "run")
-    run.write_summary({"status": RUNNING})
+    run.write_summary({"status": RUNNING, "config": {}})
     assert run.status() == RUNNING
     holder.send_signal(signal.SIGKILL)  # no chance to clean up
     holder.wait()

@@ -96,8 +96,13 @@ def test_split_sizes_disjoint_and_deterministic():
     [
         (lambda: make_dataset("mul", 7), "task: unknown task 'mul'; allowed: add, sub, div"),
         (lambda: make_dataset("div", 8), "p: task 'div' divides modulo p, so p must be prime"),
-        (lambda: make_dataset("div_or_sub", 1), "p: modulus must be an integer ≥ 2, got 1"),
-        (lambda: make_dataset("add", 1), "p: modulus must be an integer ≥ 2"),
+        (
+            lambda: make_dataset("div_or_sub", 1),
+            "p: modulus must be an integer in [2, 1000], got 1",
+        ),
+        (lambda: make_dataset("add", 1), "p: modulus must be an integer in [2, 1000]"),
+        # the tables have p² rows: a bound before anything is built
+        (lambda: make_dataset("add", 100_000), "p: modulus must be an integer in [2, 1000]"),
         (lambda: split(make_dataset("add", 7), 1.0, 0), "train_fraction: must lie in (0, 1)"),
         (lambda: split(make_dataset("add", 7), 0.0, 0), "train_fraction: must lie in (0, 1)"),
         (lambda: split(make_dataset("add", 7), 0.001, 0), "leaves 0 for training"),

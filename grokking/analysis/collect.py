@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from grokking.analysis.conditions import add_labels, condition_columns
-from grokking.rundir import COMPLETED, RUNNING, RunDir, find_runs
+from grokking.rundir import COMPLETED, RUNNING, SUMMARY, DamagedFile, RunDir, find_runs
 
 log = logging.getLogger("grokking.analysis")
 
@@ -81,11 +81,15 @@ def status_word(status: str | None) -> str:
     return "in progress" if status == RUNNING else str(status)
 
 
-def reason(error: Exception) -> str:
-    """One short line for an error (torch's unpickling errors run to many paragraphs)."""
+def reason(error: Exception, where: Path | None = None) -> str:
+    """One short line for an error, naming the file: a DamagedFile names it itself; any other
+    error (a summary without a field the analysis reads, say) is told as about `where`."""
     first_line = str(error).strip().split("\n")[0]
+    if isinstance(error, DamagedFile):
+        return first_line if len(first_line) <= 400 else first_line[:397] + "..."
     text = f"{type(error).__name__}: {first_line}"
-    return text if len(text) <= 160 else text[:157] + "..."
+    text = text if len(text) <= 160 else text[:157] + "..."
+    return text if where is None or str(where) in text else f"{where}: {text}"
 
 
 def collect(*dirs: str | Path) -> Results:
@@ -109,8 +113,8 @@ def collect(*dirs: str | Path) -> Results:
                 run_matrices = run_dir.read_matrix_lar().assign(run=name)
                 row = _run_row(name, run_dir, summary)
             except Exception as error:  # corrupt JSON or parquet, a missing file or key
-                skipped.append((name, reason(error)))
-                log.warning("skipping %s: %s", name, reason(error))
+                skipped.append((name, reason(error, run_dir.path)))
+                log.warning("skipping %s: %s", name, skipped[-1][1])
                 continue
             rows.append(row)
             metrics.append(run_metrics)
@@ -135,10 +139,21 @@ def _require_checkpoints(run_dir: RunDir, summary: dict) -> None:
     ]
     missing = [kind for kind in expected if not run_dir.has_checkpoint(kind)]
     if missing:
-        raise FileNotFoundError(f"checkpoints/{', '.join(k + '.pt' for k in missing)} missing")
+        paths = ", ".join(str(run_dir.checkpoint_path(kind)) for kind in missing)
+        raise FileNotFoundError(f"{paths} missing")
 
 
 def _run_row(name: str, run_dir: RunDir, summary: dict) -> dict:
+    try:
+        return _summary_row(name, run_dir, summary)
+    except (KeyError, TypeError) as error:
+        raise DamagedFile(
+            f"{run_dir.path / SUMMARY} lacks what the analysis reads ({reason(error)}): "
+            "restore it, or train the run again"
+        ) from None
+
+
+def _summary_row(name: str, run_dir: RunDir, summary: dict) -> dict:
     config = summary["config"]
     row = {"run": name, "path": str(run_dir.path)}
     row |= {key: summary[key] for key in SUMMARY_FIELDS}

@@ -94,5 +94,5 @@ def measure_all(results: Results, threshold: float = 0.95) -> pd.DataFrame:
         try:
             frames.append(measure_run(RunDir(path), threshold).assign(run=run, grokked=grokked))
         except Exception as error:  # a truncated, crafted or missing checkpoint
-            results.skip(run, f"cannot measure its checkpoints: {reason(error)}")
+            results.skip(run, f"cannot measure its checkpoints: {reason(error, path)}")
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
