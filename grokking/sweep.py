@@ -111,7 +111,7 @@ class CheckBeforeLaunch(Callback):
             validate(train_cfg)
             check_device_here(train_cfg)
             HydraConfig.instance().set_config(config)  # lets hydra.run.dir's ${hydra:...} resolve
-            check_folder(train_cfg, Path(config.hydra.run.dir))
+            check_folder(train_cfg, Path(os.path.abspath(config.hydra.run.dir)))
         except ConfigError as error:
             refuse(str(error))
         except (RunLocked, DamagedFile, DiskFull) as error:
@@ -119,12 +119,7 @@ class CheckBeforeLaunch(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         jobs = sweep_jobs(config)
-        try:
-            self._held.enter_context(RunDir(config.hydra.sweep.dir).lock("sweep folder"))
-        except (RunLocked, DamagedFile, DiskFull) as error:
-            refuse(f"{error}; nothing submitted", code=1)
         for number, overrides in enumerate(jobs):
-            where = f"sweep job {number} ({' '.join(overrides)})"
             try:
                 job_config = compose_job(config, overrides)
                 train_cfg = to_train_config(job_config)
@@ -133,10 +128,15 @@ class CheckBeforeLaunch(Callback):
                     check_device_here(train_cfg)
                 check_folder(train_cfg, job_dir(job_config))
             except COMPOSITION_ERRORS as error:  # ours, or Hydra's (unknown task, typo)
-                refuse(f"{where}: {explain(error)}; nothing submitted")
-            except (RunLocked, DamagedFile, DiskFull) as error:
-                refuse(f"{where}: {error}; nothing submitted", code=1)
+                job = " ".join(overrides)
+                refuse(f"sweep job {number} ({job}): {explain(error)}; nothing submitted")
+            except (RunLocked, DamagedFile, DiskFull) as error:  # each names its folder
+                refuse(f"{error}; nothing submitted", code=1)
         HydraConfig.instance().set_config(config)  # back to the sweep's own config
+        try:  # every job checked: only now is anything written (the folder and its .lock)
+            self._held.enter_context(RunDir(config.hydra.sweep.dir).lock("sweep folder"))
+        except (RunLocked, DamagedFile, DiskFull) as error:
+            refuse(f"{error}; nothing submitted", code=1)
         print(f"sweep: {len(jobs)} runs into {config.hydra.sweep.dir}", flush=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:

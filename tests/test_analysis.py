@@ -194,9 +194,10 @@ def test_broken_and_running_runs_are_reported_and_left_out(smoke_sweep, tmp_path
             str(copy), "--out", str(tmp_path / "out"), cwd=tmp_path, module="grokking.analyze"
         )
     assert result.returncode == 0, result.stderr
-    assert "warning: skipping smoke/seed=0,task=add: ArrowInvalid: " in result.stderr
+    damaged = f"{copy / 'seed=0,task=add' / 'metrics.parquet'} is damaged (ArrowInvalid: "
+    assert f"warning: skipping smoke/seed=0,task=add: {damaged}" in result.stderr
     assert "warning: smoke/seed=1,task=sub is in progress; left out" in result.stderr
-    left_out = "in progress: smoke/seed=1,task=sub; skipped: smoke/seed=0,task=add (ArrowInvalid: "
+    left_out = f"in progress: smoke/seed=1,task=sub; skipped: smoke/seed=0,task=add ({damaged}"
     assert f"2 runs analysed; left out: {left_out}" in result.stdout
     assert len(collect(copy).runs) == 2
 

@@ -193,7 +193,7 @@ def test_a_crafted_checkpoint_is_refused_and_runs_no_code(smoke_copy, tmp_path):
     assert not marker.exists()
     assert [run for run, _ in results.skipped] == [f"smoke/{ADD0}"]
     assert str(smoke_copy / ADD0 / "checkpoints/final.pt") in results.skipped[0][1]
-    assert "is not a checkpoint this project" in results.skipped[0][1]
+    assert "not a checkpoint this project wrote" in results.skipped[0][1]
     assert f"smoke/{ADD0}" not in set(results.runs["run"]) | set(measures["run"])
 
 
