@@ -112,6 +112,14 @@ def slurm_cluster():
         yield script
 
 
+def pytest_collection_modifyitems(items):
+    """Tests that read the smoke sweep's runs are `slow`: the sweep is a minute or two of
+    training (4 runs of up to 600 epochs), made once per session."""
+    for item in items:
+        if "smoke_sweep" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def smoke_sweep(tmp_path_factory):
     """(cwd, CompletedProcess) of `python -m grokking.train +sweeps=smoke` run in cwd."""
