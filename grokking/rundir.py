@@ -285,10 +285,7 @@ class RunDir:
         fd = open_regular(self.path / LOCK, os.O_RDWR | os.O_CREAT, todo)
         try:
             if not _try_flock(fd, fcntl.LOCK_EX, patience_s=0.1):
-                raise RunLocked(
-                    f"{self.path} is in use by {_holder(fd)}: one process per {what}; wait "
-                    "for it to end or stop it"
-                )
+                raise self._in_use(_holder(fd), what)
             holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": _now()}
             try:
                 os.ftruncate(fd, 0)
@@ -329,10 +326,13 @@ class RunDir:
         """RunLocked, naming the holder, when another process holds the run folder."""
         holder = self.holder()
         if holder is not None:
-            raise RunLocked(
-                f"{self.path} is in use by {holder}: one process per run folder; wait for it "
-                "to end or stop it"
-            )
+            raise self._in_use(holder)
+
+    def _in_use(self, holder: str, what: str = "run folder") -> RunLocked:
+        return RunLocked(
+            f"{self.path} is in use by {holder}: one process per {what}; wait for it to end or "
+            "stop it"
+        )
 
     def clean_temporary_files(self) -> list[Path]:
         """Remove what interrupted atomic writes left behind (`.NAME.*.tmp`, in the run folder

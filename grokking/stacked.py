@@ -127,19 +127,13 @@ class StackedTransformer(nn.Module):
         return self._linear("unembed", self._norm("ln_final", last), sums)
 
     def _last_layer_at_last_position(self, x: torch.Tensor, batch: int) -> torch.Tensor:
-        """The last block and the unembedding, computed for the last position only: its query
-        attends to the keys and values of every position (all earlier ones, as causal)."""
+        """The last block and the unembedding, computed for the last position only (its query
+        attends to the keys and values of every position)."""
         members, rows, d_model = x.shape
-        seq = rows // batch
         prefix = f"blocks.{self.cfg.n_layers - 1}"
+        last = x.view(members, batch, rows // batch, d_model)[:, :, -1]
         normed = self._norm(f"{prefix}.ln_attn", x)
-        last = x.view(members, batch, seq, d_model)[:, :, -1]
-        normed_last = normed.view(members, batch, seq, d_model)[:, :, -1]
-        k, v = (self._heads(self._linear(f"{prefix}.attn.{r}", normed, None), batch) for r in "kv")
-        q = self._heads(self._linear(f"{prefix}.attn.q", normed_last, None), batch)
-        out = F.scaled_dot_product_attention(q, k, v)  # one query, every key: no mask needed
-        out = out.transpose(1, 2).reshape(members, batch, d_model)
-        last = last + self._linear(f"{prefix}.attn.o", out, None)
+        last = last + self._attention(normed, prefix, batch, None, last_query_only=True)
         last = last + self._mlp(self._norm(f"{prefix}.ln_mlp", last), prefix, None)
         return self._linear("unembed", self._norm("ln_final", last), None)
 
@@ -166,9 +160,15 @@ class StackedTransformer(nn.Module):
             1, 2
         )
 
-    def _attention(self, x: torch.Tensor, prefix: str, batch: int, sums) -> torch.Tensor:
+    def _attention(
+        self, x: torch.Tensor, prefix: str, batch: int, sums, last_query_only: bool = False
+    ) -> torch.Tensor:
+        """Causal self-attention over x [R, B·S, d]; with `last_query_only`, only the last
+        position's query ([R, B, d] out), which attends to every position: no mask needed."""
         members, rows, d_model = x.shape
-        q, k, v = (self._heads(self._linear(f"{prefix}.attn.{r}", x, sums), batch) for r in "qkv")
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        out = out.transpose(1, 2).reshape(members, rows, d_model)
+        queries = x.view(members, batch, rows // batch, d_model)[:, :, -1] if last_query_only else x
+        k, v = (self._heads(self._linear(f"{prefix}.attn.{r}", x, sums), batch) for r in "kv")
+        q = self._heads(self._linear(f"{prefix}.attn.q", queries, sums), batch)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=not last_query_only)
+        out = out.transpose(1, 2).reshape(members, queries.shape[1], d_model)
         return self._linear(f"{prefix}.attn.o", out, sums)
