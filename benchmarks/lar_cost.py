@@ -11,9 +11,9 @@ import argparse
 import torch
 from torch.utils import benchmark
 
+from grokking.algorithmic.model import Transformer
+from grokking.algorithmic.tasks import make_dataset
 from grokking.lar import LARProbe, lar, lar_from_spectra, spectra
-from grokking.model import Transformer
-from grokking.tasks import make_dataset
 
 
 def median_s(stmt, **globals_):

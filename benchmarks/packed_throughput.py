@@ -18,8 +18,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from grokking.build import build
-from grokking.engine import Engine, resolve_device
+from grokking.algorithmic.build import build
+from grokking.algorithmic.engine import Engine
+from grokking.runs.loop import resolve_device
 from grokking.train import load_config
 
 # The table1_ops protocol as packs (launcher default: packs of up to 64 runs of one shape):
@@ -123,7 +124,7 @@ def main():
                 for seed in range(r)
             ]
             engine = Engine(cfgs, device)
-            step_s[r] = time_epochs(engine.train_epoch, args.epochs, device) / steps
+            step_s[r] = time_epochs(engine.advance, args.epochs, device) / steps
             start = time.perf_counter()
             engine.evaluate()
             eval_s[r] = time.perf_counter() - start

@@ -16,9 +16,9 @@ import tempfile
 import numpy as np
 import pandas as pd
 
-from grokking.rundir import RunDir
+from grokking.algorithmic import train_pack
+from grokking.runs.rundir import RunDir
 from grokking.train import load_config
-from grokking.training import train_pack
 
 TASKS = ("add", "sub", "x2_plus_y2", "x2_xy_y2")  # one shape: they share a pack
 SMALL = [

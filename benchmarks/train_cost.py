@@ -21,9 +21,9 @@ import torch
 from packed_throughput import plain_loop, time_epochs  # a sibling script of benchmarks/
 from torch.utils.flop_counter import FlopCounterMode
 
-from grokking.engine import Engine
-from grokking.record import RunRecord
-from grokking.stacked import MatrixSums, StackedTransformer
+from grokking.algorithmic.engine import Engine
+from grokking.algorithmic.record import GrokkingRecord
+from grokking.algorithmic.stacked import MatrixSums, StackedTransformer
 from grokking.train import load_config
 
 
@@ -84,8 +84,8 @@ def main():
     steps_per_epoch = -(-n_train // cfg.batch_size)
     plain_epoch, _ = plain_loop(cfg, torch.device("cpu"))
     ways = {  # timed in turns, so that a load on the machine weighs on each alike
-        "engine": engine.train_epoch,
-        "every position": lambda: every_position(engine, engine.train_epoch),
+        "engine": engine.advance,
+        "every position": lambda: every_position(engine, engine.advance),
         "plain": plain_epoch,
     }
     epoch_times = {name: [] for name in ways}
@@ -108,8 +108,8 @@ def main():
     t_plain = seconds(lambda: passes(None))
     t_unembed = seconds(lambda: passes(MatrixSums(["unembed"], grams=["unembed"])))
     with tempfile.TemporaryDirectory() as run_dir:
-        record = RunRecord(cfg, run_dir, engine.device)
-        record.record(engine.evaluate()[0], cfg.optim.lr, lambda: engine.model_state(0))
+        record = GrokkingRecord(cfg, run_dir, engine.device)
+        record.record(engine.evaluate()[0], lambda: engine.model_state(0))
         t_save = seconds(lambda: record.save_last(engine.member_state(0)))
         t_log = seconds(lambda: record.log("epoch 1  train_acc 0.5  lar 0.6", console=False))
         record.close()

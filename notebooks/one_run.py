@@ -32,7 +32,7 @@ import pandas as pd
 from IPython.display import display
 
 from grokking.analysis import collect, figures, measure_run
-from grokking.rundir import COMPLETED, RunDir, find_runs
+from grokking.runs.rundir import COMPLETED, RunDir, find_runs
 
 if RUN is None:
     RUN = next(str(r.path) for r in find_runs(RESULTS) if r.status() == COMPLETED)

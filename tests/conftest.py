@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from grokking.config import TrainConfig
-from grokking.model import ModelConfig
+from grokking.algorithmic.config import TrainConfig
+from grokking.algorithmic.model import ModelConfig
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,7 @@ from conftest import REPO, run_cli
 
 from grokking.analysis import collect, measure_run, pc95, table1
 from grokking.analysis.tables import table1_wide, write_table
-from grokking.rundir import RunDir
+from grokking.runs.rundir import RunDir
 
 
 def activations_with_variances(variances, n=128, rows=400, seed=0):

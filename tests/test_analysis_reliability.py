@@ -13,7 +13,7 @@ from conftest import run_cli
 
 from grokking.analysis import collect, figures, measure_all
 from grokking.analyze import analyze
-from grokking.rundir import MEASURES, RunDir
+from grokking.runs.rundir import MEASURES, RunDir
 
 ADD0, SUB0, ADD1, SUB1 = "seed=0,task=add", "seed=0,task=sub", "seed=1,task=add", "seed=1,task=sub"
 

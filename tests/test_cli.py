@@ -11,8 +11,9 @@ import pytest
 import torch
 from conftest import REPO, run_cli, tiny_config
 
-from grokking.config import ConfigError, LarLayers, TrainConfig, from_dict, to_dict
-from grokking.tasks import TASK_NAMES
+from grokking.algorithmic.config import LarLayers, TrainConfig, from_dict
+from grokking.algorithmic.tasks import TASK_NAMES
+from grokking.runs.config import ConfigError, to_dict
 
 SWEEP_FILES = sorted(p.stem for p in (REPO / "sweeps").glob("*.yaml"))
 
@@ -39,7 +40,7 @@ def test_help_lists_the_tasks_and_the_sweep_files(tmp_path):
         (
             ["lr=0.1"],
             "lr: not a config key (did you mean optim.lr?); allowed: task, model, optim, "
-            "train_fraction, seed, split_seed,",
+            "train_fraction, split_seed,",
         ),
         (["optim.lrr=1"], "optim.lrr: not a config key; allowed: lr, weight_decay, beta1,"),
         (["train_fraction=abc"], "train_fraction: must be a number, got 'abc'"),

@@ -13,7 +13,7 @@ import pytest  # noqa: E402
 from matplotlib.transforms import Bbox  # noqa: E402
 
 from grokking.analysis import collect, figures  # noqa: E402
-from grokking.rundir import RunDir, find_runs  # noqa: E402
+from grokking.runs.rundir import RunDir, find_runs  # noqa: E402
 
 EVENT_LABELS = {"memorization (mean epoch)", "grokking (mean epoch)"}
 

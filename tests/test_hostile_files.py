@@ -9,15 +9,15 @@ import pytest
 import torch
 from conftest import TINY_OVERRIDES, run_cli, tiny_config
 
-from grokking.model import ModelConfig
-from grokking.rundir import (
+from grokking.algorithmic import train
+from grokking.algorithmic.model import ModelConfig
+from grokking.runs.rundir import (
     DAMAGED,
     DamagedCheckpoint,
     DamagedFile,
     RunDir,
 )
-from grokking.sweep import progress_line
-from grokking.training import train
+from grokking.runs.sweep import progress_line
 
 # A run whose files are small, so that every truncation point of each can be tried.
 MICRO = dict(task__p=5, model=ModelConfig(n_layers=1, d_model=8, n_heads=1, d_ff=8))

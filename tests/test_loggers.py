@@ -16,9 +16,16 @@ from tensorboard.plugins.hparams.metadata import (
     parse_session_start_info_plugin_data,
 )
 
-from grokking.config import TrainConfig, to_dict
-from grokking.loggers import WANDB_DIR, WANDB_RUN_ID, LoggerConfig, open_logger, validate_logger
-from grokking.rundir import METRIC_COLUMNS
+from grokking.algorithmic.config import TrainConfig
+from grokking.algorithmic.record import GrokkingRecord
+from grokking.runs.config import to_dict
+from grokking.runs.loggers import (
+    WANDB_DIR,
+    WANDB_RUN_ID,
+    LoggerConfig,
+    open_logger,
+    validate_logger,
+)
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "logger"
 MATRICES = ["blocks.0.attn.q", "blocks.0.mlp.fc_in", "unembed"]
@@ -27,7 +34,7 @@ CONFIG = to_dict(TrainConfig())  # nested, with a None (sweep_name)
 
 def evaluation(epoch: int, shift: float = 0.0) -> tuple[dict, list[dict]]:
     """A metrics row and its matrix rows, every value distinct and not a round binary number."""
-    row = {key: epoch / 7 + i / 3 + shift for i, key in enumerate(METRIC_COLUMNS)}
+    row = {key: epoch / 7 + i / 3 + shift for i, key in enumerate(GrokkingRecord.METRIC_COLUMNS)}
     row |= {"epoch": epoch, "step": 3 * epoch}
     matrix_rows = [
         {"epoch": epoch, "step": 3 * epoch, "name": name, "layer": 0, "role": "q"}

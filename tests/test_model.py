@@ -2,9 +2,9 @@ import pytest
 import torch
 from torch import nn
 
+from grokking.algorithmic.model import ModelConfig, Transformer, matrix_role
+from grokking.algorithmic.tasks import make_dataset
 from grokking.lar import attach_probes
-from grokking.model import ModelConfig, Transformer, matrix_role
-from grokking.tasks import make_dataset
 
 
 def test_shapes_and_activations_feed_the_unembedding():

@@ -12,15 +12,15 @@ import pytest
 import torch
 from conftest import completed_summaries, run_cli, tiny_config
 
-from grokking.build import build
-from grokking.config import Precision, TaskConfig, TrainConfig
-from grokking.engine import Engine
+from grokking.algorithmic import train, train_pack
+from grokking.algorithmic.build import build, load_model, run_config
+from grokking.algorithmic.config import Precision, TaskConfig, TrainConfig
+from grokking.algorithmic.engine import Engine
+from grokking.algorithmic.model import ModelConfig, Transformer
+from grokking.algorithmic.packing import plan_packs
+from grokking.algorithmic.stacked import MatrixSums, StackedTransformer
 from grokking.lar import lar
-from grokking.model import ModelConfig, Transformer
-from grokking.packing import plan_packs
-from grokking.rundir import RunDir
-from grokking.stacked import MatrixSums, StackedTransformer
-from grokking.training import train, train_pack
+from grokking.runs.rundir import RunDir
 
 # Small runs (p = 11, 90 % train data); addition with seed 0 groks near epoch 150-200 (where
 # exactly depends on the CPU), well within its budget of 600. The members differ in task, seed,
@@ -84,8 +84,8 @@ def test_a_members_checkpoint_loads_into_transformer_and_gives_the_recorded_lar(
 ):
     packed, _, runs = pack_and_singles
     run = runs[2][0]
-    model = run.load_model("final")
-    (train_x, *_), _ = build(run.config())
+    model = load_model(run, "final")
+    (train_x, *_), _ = build(run_config(run))
     inputs = {}
     hooks = [
         module.register_forward_hook(lambda m, args, out, name=name: inputs.update({name: args[0]}))
@@ -171,10 +171,10 @@ def test_bf16_trains_on_the_cpu_and_measures_lar_close_to_fp32():
     for precision in (Precision.fp32, Precision.bf16):
         engine = Engine([tiny_config(precision=precision)], torch.device("cpu"))
         for _ in range(3):
-            engine.train_epoch()
+            engine.advance()
         results[precision] = engine.evaluate()[0]
     fp32, bf16 = results[Precision.fp32], results[Precision.bf16]
-    assert all(np.isfinite(v) for v in bf16["matrix_lar"].values())
+    assert all(np.isfinite(v["lar"]) for v in bf16["matrix_lar"].values())
     assert bf16["lar"] == pytest.approx(fp32["lar"], abs=0.02)
     assert bf16["lar"] != fp32["lar"]  # it really ran in bfloat16
 

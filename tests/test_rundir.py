@@ -19,7 +19,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from grokking.rundir import (
+from grokking.runs.rundir import (
     INTERRUPTED,
     RUNNING,
     DamagedCheckpoint,
@@ -38,7 +38,7 @@ def temporary_files(folder: Path) -> list[str]:
 HOLD_LOCK = textwrap.dedent(
     """
     import sys, time
-    from grokking.rundir import RunDir
+    from grokking.runs.rundir import RunDir
     with RunDir(sys.argv[1]).lock():
         print("locked", flush=True)
         time.sleep(600)

@@ -9,8 +9,8 @@ import pytest
 from conftest import completed_summaries, run_cli
 from omegaconf import OmegaConf
 
-from grokking.rundir import RunDir
-from grokking.sweep import sweep_jobs
+from grokking.runs.rundir import RunDir
+from grokking.runs.sweep import sweep_jobs
 
 SMOKE_RUNS = {"seed=0,task=add", "seed=1,task=add", "seed=0,task=sub", "seed=1,task=sub"}
 # The launcher tests need runs, not grokking: a short budget (which names the folders too)

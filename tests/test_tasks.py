@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from grokking.tasks import (
+from grokking.algorithmic.tasks import (
     MODULAR_OPS,
     S5_ELEMENTS,
     TASK_NAMES,

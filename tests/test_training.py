@@ -10,13 +10,13 @@ import pytest
 import torch
 from conftest import REPO, TINY_OVERRIDES, run_cli, tiny_config
 
-from grokking.config import ConfigError, config_differences, to_dict
+from grokking.algorithmic import train
+from grokking.algorithmic.model import Transformer
+from grokking.algorithmic.record import Events, GrokkingRecord, stop_reason
+from grokking.algorithmic.tasks import make_dataset, split
 from grokking.lar import lar
-from grokking.model import Transformer
-from grokking.record import Events, stop_reason
-from grokking.rundir import MATRIX_COLUMNS, METRIC_COLUMNS, RunDir
-from grokking.tasks import make_dataset, split
-from grokking.training import train
+from grokking.runs.config import ConfigError, config_differences, to_dict
+from grokking.runs.rundir import RunDir
 
 
 def events_of(sequence, **fields):
@@ -68,11 +68,11 @@ def short_run(tmp_path_factory):
 def test_short_run_writes_every_documented_file(short_run):
     run, summary = short_run
     metrics = run.read_metrics()
-    assert list(metrics.columns) == METRIC_COLUMNS
+    assert list(metrics.columns) == GrokkingRecord.METRIC_COLUMNS
     assert metrics["epoch"].tolist() == list(range(0, 121, 10))
     assert metrics["step"].tolist() == [4 * e for e in range(0, 121, 10)]  # 61 rows / 16
     matrices = run.read_matrix_lar()
-    assert list(matrices.columns) == MATRIX_COLUMNS
+    assert list(matrices.columns) == GrokkingRecord.MATRIX_COLUMNS
     assert len(matrices) == 13 * len(metrics)
     assert set(matrices["role"]) == {"q", "k", "v", "o", "fc_in", "fc_out", "unembed"}
     for kind in ("memorization", "final", "last"):
@@ -140,7 +140,7 @@ def test_recorded_lar_equals_lar_recomputed_from_checkpoint(short_run):
 
 
 def test_nan_loss_marks_the_run_failed(tmp_path):
-    from grokking.training import RunFailed
+    from grokking.runs.loop import RunFailed
 
     with pytest.raises(RunFailed, match=r"loss is (nan|inf) at epoch (\d+)") as error:
         train(tiny_config(optim__lr=1e30), tmp_path)  # parameters blow up at once
@@ -159,8 +159,9 @@ def test_a_run_with_another_config_is_refused_untouched(short_run):
 
 
 def test_runtime_fields_do_not_count_as_config_changes():
-    a, b = to_dict(tiny_config()), to_dict(tiny_config(threads=2, device="cpu"))
-    assert config_differences(a, b) == []
+    stored = to_dict(tiny_config())
+    assert config_differences(stored, tiny_config(threads=2, device="cpu")) == []
+    assert config_differences(stored, tiny_config(seed=3)) == ["seed: 0 -> 3", "split_seed: 0 -> 3"]
 
 
 # --- the command line -------------------------------------------------------------------------
@@ -335,7 +336,7 @@ def test_leftover_temporary_files_are_removed_at_the_next_start(tmp_path):
 def test_a_full_disk_fails_the_run_keeps_the_last_checkpoint_and_resumes_later(
     tmp_path, monkeypatch
 ):
-    from grokking.rundir import DiskFull
+    from grokking.runs.rundir import DiskFull
 
     cfg = tiny_config(max_epochs=40)
     complete = train(cfg, tmp_path / "whole")
@@ -410,7 +411,7 @@ def test_train_from_a_notebook_shows_a_bar_and_the_log(tmp_path):
     code = (
         "import sys; sys.path.insert(0, {tests!r})\n"
         "from conftest import tiny_config\n"
-        "from grokking.training import train\n"
+        "from grokking.algorithmic import train\n"
         "summary = train(tiny_config(max_epochs=10), {run!r})"
     ).format(tests=str(REPO / "tests"), run=str(tmp_path / "run"))
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])

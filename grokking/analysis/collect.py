@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from grokking.analysis.conditions import add_labels, condition_columns
-from grokking.rundir import COMPLETED, RUNNING, SUMMARY, DamagedFile, RunDir, find_runs
+from grokking.runs.rundir import COMPLETED, RUNNING, SUMMARY, DamagedFile, RunDir, find_runs
 
 log = logging.getLogger("grokking.analysis")
 

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import pandas as pd
 
-from grokking.config import RUNTIME_FIELDS  # change how fast a run goes, not what it computes
+from grokking.algorithmic.config import TrainConfig
+
+# Change how fast a run goes, not what it computes.
+RUNTIME_FIELDS = TrainConfig.RUNTIME_FIELDS
 
 CONFIG_PREFIX = "config."  # runs-table columns holding the condition's other config values
 POOLED_FIELDS = ("seed", "split_seed")  # the only values runs may differ in and be averaged

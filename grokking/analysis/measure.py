@@ -15,10 +15,10 @@ import pandas as pd
 import torch
 from sklearn.decomposition import PCA
 
+from grokking.algorithmic.build import build, load_model, run_config
 from grokking.analysis.collect import Results, reason
-from grokking.build import build
 from grokking.lar import LARProbe, k_lar, summary_from_spectra
-from grokking.rundir import CHECKPOINT_KINDS, RunDir
+from grokking.runs.rundir import CHECKPOINT_KINDS, RunDir
 
 log = logging.getLogger("grokking.analysis")
 
@@ -34,8 +34,8 @@ def pc95(activations: np.ndarray | torch.Tensor, threshold: float = 0.95) -> int
 
 def measure_checkpoint(run: RunDir, kind: str, threshold: float = 0.95, batch_size=2048) -> dict:
     """One checkpoint's measures: epoch, lar, k_lar, pc95, the spectral summary, p and q."""
-    (train_x, *_), _ = build(run.config())
-    model = run.load_model(kind)
+    (train_x, *_), _ = build(run_config(run))
+    model = load_model(run, kind)
     probe = LARProbe(model.unembed, keep_gram=True, keep_inputs=True)
     with torch.no_grad():
         for chunk in train_x.split(batch_size):

@@ -9,7 +9,7 @@ import pandas as pd
 from sklearn.metrics import mean_squared_error
 
 from grokking.analysis.conditions import CONFIG_PREFIX, PANEL_KEYS, setting_keys
-from grokking.rundir import CHECKPOINT_KINDS
+from grokking.runs.rundir import CHECKPOINT_KINDS
 
 # Table 1's columns: which checkpoint, and which runs.
 COLUMNS = {

@@ -1,8 +1,8 @@
 """Hydra's plugin entry for `hydra/launcher=packed` and `hydra/launcher=packed_slurm`.
 
 Hydra only loads launchers from the `hydra_plugins` namespace; the work is in
-`grokking.packed_launch`, imported when a sweep is launched (Hydra imports this module in every
-run of any app that scans plugins, so it stays light)."""
+`grokking.algorithmic.packed_launch`, imported when a sweep is launched (Hydra imports this module
+in every run of any app that scans plugins, so it stays light)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,6 @@ class PackedLauncher(Launcher):
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:
-        from grokking.packed_launch import launch
+        from grokking.algorithmic.packed_launch import launch
 
         return launch(self, job_overrides, initial_job_idx)

@@ -1,6 +1,7 @@
 """The training engine: R ≥ 1 runs of the same shapes trained as one stacked model. It knows
-nothing of files, events or stop rules (that is `record.RunRecord`): it trains an epoch, measures
-the full splits and every dense matrix's LAR per member, and gives and takes each member's state.
+nothing of files, events or stop rules (that is `record.GrokkingRecord`): it trains an epoch,
+measures the full splits and every dense matrix's LAR per member, and gives and takes each
+member's state.
 
 Each member computes what it would compute alone: its own initialisation (built from its own
 config, `build.build`), its own split, its own batch order (a generator seeded with its seed), its
@@ -21,20 +22,15 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from grokking.build import build
-from grokking.config import LarLayers, Precision, TrainConfig
+from grokking.algorithmic.build import build
+from grokking.algorithmic.config import LarLayers, Precision, TrainConfig
+from grokking.algorithmic.model import matrix_role
+from grokking.algorithmic.stacked import MatrixSums, StackedTransformer
 from grokking.lar import k_lar, lar_from_sums, spectra_from_gram, summary_from_spectra
-from grokking.stacked import MatrixSums, StackedTransformer
 
 log = logging.getLogger("grokking")
 
 WARMUP_STEPS_BEFORE_CAPTURE = 3  # eager steps on a side stream before the graph is captured
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 class Engine:
@@ -124,9 +120,9 @@ class Engine:
         self.optimizer.step()
         return losses.detach()
 
-    def train_epoch(self) -> list[float]:
-        """One shuffled pass over every member's training set; each member's summed batch
-        losses, to tell a diverged run (one sync per epoch, not per step)."""
+    def advance(self) -> list[dict]:
+        """One epoch: a shuffled pass over every member's training set; each member's summed
+        batch losses as `loss`, to tell a diverged run (one sync per epoch, not per step)."""
         self.model.train()
         n_train = self.train_y.shape[1]
         order = torch.stack([torch.randperm(n_train, generator=g) for g in self.batch_orders])
@@ -141,7 +137,7 @@ class Engine:
             else:
                 loss_sum += self._step(tokens, labels)
             self.step += 1
-        return loss_sum.tolist()
+        return [{"loss": loss} for loss in loss_sum.tolist()]
 
     @property
     def seq_len(self) -> int:
@@ -177,9 +173,9 @@ class Engine:
         return (loss_sum / rows).tolist(), (correct.double() / rows).tolist()
 
     def evaluate(self) -> list[dict]:
-        """Per member: loss and accuracy on the full splits, the unembedding's LAR and spectral
-        summary over the entire training set, and `matrix_lar` {name: LAR} of every probed
-        matrix over the same pass."""
+        """Per member: the learning rate, loss and accuracy on the full splits, the unembedding's
+        LAR and spectral summary over the entire training set, and `matrix_lar`
+        {name: {layer, role, lar}} of every probed matrix over the same pass."""
         val_loss, val_acc = self._pass(self.val_x, self.val_y, None)
         sums = MatrixSums(self.matrices, grams=["unembed"])
         train_loss, train_acc = self._pass(self.train_x, self.train_y, sums)
@@ -191,9 +187,11 @@ class Engine:
         }
         unembed = self._weight("unembed").double().cpu()
         grams = sums.grams["unembed"].cpu()
+        lr = self.lr_at(self.step)
         results = []
         for r in range(self.size):
             row = {
+                "lr": lr,
                 "train_loss": train_loss[r],
                 "train_acc": train_acc[r],
                 "val_loss": val_loss[r],
@@ -202,7 +200,11 @@ class Engine:
             row |= summary_from_spectra(*spectra_from_gram(unembed[r], grams[r]))
             row["lar"] = lars["unembed"][r]  # Eq. 1 (the spectral form agrees to ~1e-7)
             row["k_lar"] = k_lar(row["lar"], unembed.shape[-1])
-            row["matrix_lar"] = {name: values[r] for name, values in lars.items()}
+            row["matrix_lar"] = {
+                name: dict(zip(("layer", "role"), matrix_role(name), strict=True))
+                | {"lar": values[r]}
+                for name, values in lars.items()
+            }
             results.append(row)
         return results
 

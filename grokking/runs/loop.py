@@ -1,13 +1,14 @@
-"""The training loop for one run or a pack of runs: shuffled epochs, AdamW with linear warm-up,
-an evaluation every `eval_every` epochs over the full splits with every dense matrix's LAR over the
-entire training set, memorization and grokking events, and run folders that resume after a kill.
+"""The one training loop of every family, for one run or a pack of runs: train a unit (the
+family's: an epoch, a step), evaluate when a run's `eval_every` comes round, save resume points,
+stop each run when its record says so, and catch the signals SLURM and `kill` send.
 
-A single run is a pack of one: `train(cfg, run_dir)` is `train_pack([(cfg, run_dir)])`. The engine
-(engine.py) computes; each run's record (record.py) decides what a result means for its run and
-writes its folder. A member stops at its own stop epoch and then leaves the pack.
+A single run is a pack of one: `train(family, cfg, run_dir)` is `train_pack(family, [(cfg,
+run_dir)])`. The family's engine computes; each run's record decides what a result means for its
+run and writes its folder. A member stops at its own unit and then leaves the pack. The loop owns
+the clock (units and optimizer steps) that the pack's records read.
 
-Resume: each member's `last.pt` holds its weights, AdamW moments, step, batch-order RNG state,
-epoch and every metric row so far, saved at each evaluation and when SIGTERM/SIGUSR2 arrives.
+Resume: each member's `last.pt` holds its weights, optimizer state, data order, clock and every
+metric row so far, saved at evaluations (every `save_every_s`) and when SIGTERM/SIGUSR2 arrives.
 Training from it replays exactly what an uninterrupted run computes (bit-identical on the CPU at
 a fixed thread count), since nothing else feeds the loop.
 """
@@ -15,7 +16,6 @@ a fixed thread count), since nothing else feeds the loop.
 from __future__ import annotations
 
 import logging
-import math
 import signal
 import sys
 import threading
@@ -28,11 +28,10 @@ import torch
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from grokking.config import ConfigError, TrainConfig
-from grokking.engine import Engine, resolve_device
-from grokking.packing import pack_key
-from grokking.record import RunRecord
-from grokking.rundir import FAILED, DiskFull
+from grokking.runs.config import ConfigError, RunConfig
+from grokking.runs.family import Engine, Family
+from grokking.runs.record import Clock, RunRecord
+from grokking.runs.rundir import FAILED, DiskFull
 
 log = logging.getLogger("grokking")
 
@@ -53,7 +52,7 @@ class Interrupted(RuntimeError):
 
 
 class _SignalCatcher:
-    """Turn STOP_SIGNALS into a flag checked between epochs, so the state saved is whole.
+    """Turn STOP_SIGNALS into a flag checked between units, so the state saved is whole.
     Afterwards the previous handler (submitit's requeue, when running under it) gets its turn."""
 
     def __init__(self):
@@ -79,36 +78,43 @@ class _SignalCatcher:
         raise Interrupted(self.signum)
 
 
-def train(cfg: TrainConfig, run_dir, files: dict[str, str] | None = None) -> dict:
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def train(family: Family, cfg: RunConfig, run_dir, files: dict[str, str] | None = None) -> dict:
     """Train the run described by `cfg` into `run_dir`: start it, resume it from last.pt, or
     leave it alone when it has completed. `files` ({path in the run folder: text}, such as
     Hydra's .hydra/ record) are written once the folder is held and its config checked.
     Returns its summary; RunFailed on a NaN loss."""
-    (summary,) = train_pack([(cfg, run_dir)], [files or {}])
+    (summary,) = train_pack(family, [(cfg, run_dir)], [files or {}])
     if summary["status"] == FAILED:
         raise RunFailed(summary["failure"])
     return summary
 
 
 def train_pack(
-    members: Sequence[tuple[TrainConfig, str | Path]],
+    family: Family,
+    members: Sequence[tuple[RunConfig, str | Path]],
     files: Sequence[dict[str, str]] | None = None,
 ) -> list[dict]:
-    """Train runs (config, run folder) as one stacked model; each ends exactly as it would alone.
+    """Train runs (config, run folder) together; each ends exactly as it would alone.
     Completed runs are skipped, interrupted ones resume; each member's `files` are written as in
     `train`. Returns every run's summary (a failed run has status failed and does not stop the
     others); Interrupted on a stop signal."""
     cfgs = [cfg for cfg, _ in members]
-    keys = {pack_key(cfg) for cfg in cfgs}
+    keys = {family.pack_key(cfg) if family.pack_key else id(cfg) for cfg in cfgs}
     if len(keys) > 1:
-        raise ConfigError("runs of one pack must agree in shapes and shared settings (packing.py)")
+        raise ConfigError("runs of one pack must agree in shapes and shared settings")
     if cfgs[0].threads:
         torch.set_num_threads(cfgs[0].threads)
     _log_to_console_if_nobody_does()
     device = resolve_device(cfgs[0].device)
     files = files or [{} for _ in members]
     records = [
-        RunRecord(cfg, run_dir, device, member_files)
+        family.record(cfg, run_dir, device, member_files)
         for (cfg, run_dir), member_files in zip(members, files, strict=True)
     ]
     with ExitStack() as cleanup:
@@ -118,13 +124,13 @@ def train_pack(
         for record in todo:  # every folder held and checked: nothing was written before
             record.write_files()
         saved = {id(record): record.resume() for record in todo}
-        by_step: dict[int, list[RunRecord]] = {}
-        for record in todo:  # members must share the step count: AdamW's is shared
-            state = saved[id(record)]
-            by_step.setdefault(state["optimizer_step"] if state else 0, []).append(record)
+        by_clock: dict[tuple, list[RunRecord]] = {}
+        for record in todo:  # members must share the clock: the optimizer's step is shared
+            by_clock.setdefault((record.clock.unit, record.clock.step), []).append(record)
         try:
-            for group in by_step.values():
-                _train_together(group, [saved[id(record)] for record in group], device)
+            for group in by_clock.values():
+                engine = family.engine([record.cfg for record in group], device)
+                _train_together(engine, group, [saved[id(record)] for record in group])
         except DiskFull as error:  # the last good last.pt stays; a rerun resumes from it
             for record in todo:
                 if record.active:
@@ -133,12 +139,14 @@ def train_pack(
     return [record.summary for record in records]
 
 
-def _train_together(records: list[RunRecord], saved: list[dict | None], device) -> None:
-    engine = Engine([record.cfg for record in records], device)
+def _train_together(engine: Engine, records: list[RunRecord], saved: list[dict | None]) -> None:
+    clock = Clock(records[0].clock.unit, records[0].clock.step)
+    for record in records:
+        record.clock = clock
     if saved[0] is None:
         for record in records:
             record.start()
-        _evaluate(engine, records)  # epoch 0: the models at initialisation
+        _evaluate(engine, records)  # unit 0: the models at initialisation
     else:
         engine.load_member_states(saved)
         for index, record in enumerate(records):  # killed between its last evaluation and final
@@ -148,16 +156,13 @@ def _train_together(records: list[RunRecord], saved: list[dict | None], device) 
     records = _keep_active(engine, records)
     with _SignalCatcher() as signals, _progress(records) as bar:
         while records:
-            losses = engine.train_epoch()
+            results = engine.advance()
+            clock.unit, clock.step = clock.unit + 1, engine.step
             bar.update(1)
-            for record, loss in zip(records, losses, strict=True):
-                record.epoch, record.step = record.epoch + 1, engine.step
-                if not math.isfinite(loss):
-                    record.fail(f"loss is {loss} at epoch {record.epoch}")
-            for index, record in enumerate(records):
-                every = record.cfg.checkpoint_every
-                if record.active and every and record.epoch % every == 0:
-                    record.save_epoch_checkpoint(engine.model_state(index))
+            for index, (record, result) in enumerate(zip(records, results, strict=True)):
+                record.after_unit(result)
+                if record.checkpoint_due():
+                    record.save_unit_checkpoint(engine.model_state(index))
             _evaluate(engine, [r for r in records if r.active and r.evaluation_due()], records)
             records = _keep_active(engine, records)
             _show(bar, records)
@@ -174,13 +179,12 @@ def _evaluate(engine: Engine, due: list[RunRecord], pack: list[RunRecord] | None
         return
     pack = pack or due
     results = engine.evaluate()
-    lr = engine.lr_at(engine.step)
     # the members save together, so after a kill they resume at one step, as one pack again
     save_now = any(record.save_due() for record in due)
     saves = []
     for record in due:
         index = pack.index(record)
-        reason = record.record(results[index], lr, lambda i=index: engine.model_state(i))
+        reason = record.record(results[index], lambda i=index: engine.model_state(i))
         if reason:
             record.finish(reason, engine.member_state(index))
         elif save_now:
@@ -212,17 +216,17 @@ def _in_notebook() -> bool:
 
 
 def _progress(records: list[RunRecord]):
-    """A progress bar over epochs on a terminal or in a notebook; nothing otherwise (then each
-    evaluation logs a line)."""
+    """A progress bar over the family's units on a terminal or in a notebook; nothing otherwise
+    (then each evaluation logs a line)."""
     shown = sys.stderr.isatty() or _in_notebook()
     for record in records:
         record.evaluations_on_console = not shown
     first = records[0] if records else None
     bar = tqdm(
-        total=max((r.expected_epochs() for r in records), default=0),
-        initial=first.epoch if first else 0,
+        total=max((r.expected_units() for r in records), default=0),
+        initial=first.clock.unit if first else 0,
         desc=first.label if len(records) == 1 else f"pack of {len(records)} runs",
-        unit="epoch",
+        unit=first.UNIT if first else "epoch",
         disable=not shown or not records,
         dynamic_ncols=True,
     )
@@ -233,13 +237,11 @@ def _progress(records: list[RunRecord]):
 def _show(bar, records: list[RunRecord]) -> None:
     if not records:
         return
-    bar.total = max(record.expected_epochs() for record in records)
-    if len(records) == 1 and records[0].metrics:
-        last = records[0].metrics[-1]
-        bar.set_postfix({k: f"{last[k]:.3f}" for k in ("train_acc", "val_acc", "lar")})
+    bar.total = max(record.expected_units() for record in records)
+    if len(records) == 1:
+        bar.set_postfix(records[0].progress())
     else:
-        grokked = sum(record.events.grokking_epoch is not None for record in records)
-        bar.set_postfix({"training": len(records), "grokked": grokked})
+        bar.set_postfix({"training": len(records)} | records[0].pack_progress(records))
 
 
 class _BarWithLogging:

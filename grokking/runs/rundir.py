@@ -2,15 +2,17 @@
 through it: the format lives here and nowhere else.
 
     <run>/
-      summary.json            task, p, seeds, events, final metrics, status, config, version
-      metrics.parquet         one tidy row per evaluation (METRIC_COLUMNS)
-      matrix_lar.parquet      one row per evaluation × probed matrix (MATRIX_COLUMNS)
+      summary.json            status, family, seed, the family's settings and results, config,
+                              version (grokking: task, p, events; lm: data provenance, epochs)
+      metrics.parquet         one tidy row per evaluation (grokking) or per step (lm), under
+                              the family record's METRIC_COLUMNS
+      matrix_lar.parquet      one row per evaluation × probed matrix (its MATRIX_COLUMNS)
       checkpoint_measures.parquet   the analysis' cache: PC95, LAR, p, q per checkpoint
       checkpoints/
         memorization.pt       {"model": state_dict, "epoch": int}
         grokking.pt           same, when the run grokked
         final.pt              same, at the last epoch trained
-        last.pt               everything needed to resume (see training.py)
+        last.pt               everything needed to resume (see runs/loop.py)
       .lock                   held (flock) by the one process that trains the run
 
 Every write goes to a temporary file `.NAME.*.tmp` in the same folder, is synced to disk and
@@ -59,30 +61,6 @@ TEMPORARY = ".*.tmp"  # what atomic_write leaves behind when it is killed mid-wr
 
 # Statuses a run can have in summary.json.
 RUNNING, COMPLETED, FAILED, INTERRUPTED = "running", "completed", "failed", "interrupted"
-
-METRIC_COLUMNS = [
-    "epoch",
-    "step",
-    "wall_s",
-    "lr",
-    "train_loss",
-    "train_acc",
-    "val_loss",
-    "val_acc",
-    # the unembedding, over the whole training set (lar.summary_from_spectra)
-    "lar",
-    "k_lar",
-    "p1q1",
-    "residual",
-    "p_norm2",
-    "q_norm2",
-    "renyi2_p",
-    "renyi2_q",
-    "rho",
-    "stable_rank",
-    "effective_rank",
-]
-MATRIX_COLUMNS = ["epoch", "step", "name", "layer", "role", "lar"]
 
 
 class RunLocked(RuntimeError):
@@ -363,17 +341,19 @@ class RunDir:
         return _QuietFileHandler(os.fdopen(fd, "a", encoding="utf-8"))
 
     # --- tables --------------------------------------------------------------------------
-    def write_metrics(self, rows: list[dict]) -> None:
-        self._write_table(METRICS, pd.DataFrame(rows, columns=METRIC_COLUMNS))
+    def write_metrics(self, rows: list[dict], columns: list[str] | None = None) -> None:
+        """metrics.parquet: `rows` under the family's `columns` (a value a row lacks is NaN;
+        None: the rows' own keys)."""
+        self._write_table(METRICS, pd.DataFrame(rows, columns=columns))
 
-    def write_matrix_lar(self, rows: list[dict]) -> None:
-        self._write_table(MATRIX_LAR, pd.DataFrame(rows, columns=MATRIX_COLUMNS))
+    def write_matrix_lar(self, rows: list[dict], columns: list[str] | None = None) -> None:
+        self._write_table(MATRIX_LAR, pd.DataFrame(rows, columns=columns))
 
     def read_metrics(self) -> pd.DataFrame:
-        return self._read_table(METRICS, ["epoch", "step", "lar"])
+        return self._read_table(METRICS, ["step", "lar"])
 
     def read_matrix_lar(self) -> pd.DataFrame:
-        return self._read_table(MATRIX_LAR, ["epoch", "name", "lar"])
+        return self._read_table(MATRIX_LAR, ["step", "name", "lar"])
 
     def read_measures(self) -> pd.DataFrame | None:
         """The analysis' cache, None when absent; DamagedFile when it cannot be read back."""
@@ -438,21 +418,6 @@ class RunDir:
             return read_file(path, parse, todo)
         except DamagedFile as error:
             raise DamagedCheckpoint(str(error)) from None
-
-    def config(self):
-        """The run's TrainConfig, as stored in summary.json."""
-        from grokking.config import from_dict
-
-        return from_dict(self.read_summary()["config"])
-
-    def load_model(self, kind: str = "final", device: str | torch.device = "cpu"):
-        """The run's `Transformer` at checkpoint `kind` (memorization, grokking, final, last or
-        epoch_N), on `device`, in eval mode."""
-        from grokking.build import build
-
-        _, model = build(self.config(), device)
-        model.load_state_dict(self.load_checkpoint(kind, map_location=device)["model"])
-        return model.eval()
 
 
 class _QuietFileHandler(logging.StreamHandler):

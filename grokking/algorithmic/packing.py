@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TypeVar
 
-from grokking.config import TrainConfig, to_dict
-from grokking.tasks import make_dataset, train_size
+from grokking.algorithmic.config import TrainConfig
+from grokking.algorithmic.tasks import make_dataset, train_size
+from grokking.runs.config import to_dict
 
 T = TypeVar("T")
 

@@ -1,8 +1,9 @@
 """Hydra callbacks for sweeps: every job's config is checked before anything is written or
 submitted, and the driver prints how many of the sweep's runs are done, running and failed.
 
-Both are switched on in conf/config.yaml (`hydra.callbacks`), so they work with every launcher:
-basic (one run after another), joblib (local processes) and submitit (SLURM).
+Both are switched on in each family's conf file (`hydra.callbacks`, with `family:` naming it), so
+they work with every launcher: basic (one run after another), joblib (local processes) and
+submitit (SLURM).
 """
 
 from __future__ import annotations
@@ -21,15 +22,19 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from grokking.config import ConfigError, TrainConfig, check_device_here, from_dict, validate
-from grokking.hydra_errors import COMPOSITION_ERRORS, explain
-from grokking.record import check_same_config
-from grokking.rundir import COMPLETED, DAMAGED, FAILED, DamagedFile, DiskFull, RunDir, RunLocked
-
-
-def to_train_config(cfg: DictConfig) -> TrainConfig:
-    """The plain TrainConfig of a composed Hydra config (its `hydra` node dropped)."""
-    return from_dict(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
+from grokking.runs.config import ConfigError, RunConfig, check_device_here, from_hydra
+from grokking.runs.family import Family, load_family
+from grokking.runs.hydra_errors import COMPOSITION_ERRORS, explain
+from grokking.runs.record import check_same_config
+from grokking.runs.rundir import (
+    COMPLETED,
+    DAMAGED,
+    FAILED,
+    DamagedFile,
+    DiskFull,
+    RunDir,
+    RunLocked,
+)
 
 
 def refuse(message: str, code: int = 2):
@@ -95,20 +100,26 @@ class CheckBeforeLaunch(Callback):
     before Hydra rewrites multirun.yaml. Exits itself: Hydra turns a callback's exception into a
     mere warning."""
 
-    def __init__(self):
+    def __init__(self, family: str = "algorithmic"):
+        self.family_name = family
+        self.family: Family = load_family(family)
         self._held = ExitStack()  # the sweep folder's lock, while the sweep runs
 
     # Launchers pickle the callbacks along with each job; the lock stays with the driver.
     def __getstate__(self) -> dict:
-        return {}
+        return {"family": self.family_name}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__()
+        self.__init__(**state)
+
+    def _checked(self, config: DictConfig) -> RunConfig:
+        cfg = from_hydra(self.family.schema, config)
+        self.family.check(cfg)
+        return cfg
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         try:
-            train_cfg = to_train_config(config)
-            validate(train_cfg)
+            train_cfg = self._checked(config)
             check_device_here(train_cfg)
             HydraConfig.instance().set_config(config)  # lets hydra.run.dir's ${hydra:...} resolve
             check_folder(train_cfg, Path(os.path.abspath(config.hydra.run.dir)))
@@ -122,14 +133,14 @@ class CheckBeforeLaunch(Callback):
         for number, overrides in enumerate(jobs):
             try:
                 job_config = compose_job(config, overrides)
-                train_cfg = to_train_config(job_config)
-                validate(train_cfg)
+                train_cfg = self._checked(job_config)
                 if not runs_elsewhere(config):  # SLURM nodes have devices this machine lacks
                     check_device_here(train_cfg)
                 check_folder(train_cfg, job_dir(job_config))
             except COMPOSITION_ERRORS as error:  # ours, or Hydra's (unknown task, typo)
                 job = " ".join(overrides)
-                refuse(f"sweep job {number} ({job}): {explain(error)}; nothing submitted")
+                reason = explain(error, self.family.schema)
+                refuse(f"sweep job {number} ({job}): {reason}; nothing submitted")
             except (RunLocked, DamagedFile, DiskFull) as error:  # each names its folder
                 refuse(f"{error}; nothing submitted", code=1)
         HydraConfig.instance().set_config(config)  # back to the sweep's own config
@@ -143,7 +154,7 @@ class CheckBeforeLaunch(Callback):
         self._held.close()
 
 
-def check_folder(cfg: TrainConfig, run_dir: Path) -> None:
+def check_folder(cfg: RunConfig, run_dir: Path) -> None:
     """RunLocked naming the holder when another process holds `run_dir`; ConfigError when it
     holds a run of another config; DamagedFile when its summary cannot be read back."""
     RunDir(run_dir).check_free()

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from grokking.algorithmic.model import Transformer
 from grokking.lar import sums_of_squares
-from grokking.model import Transformer
 
 
 def dense_matrix_names(n_layers: int) -> list[str]:

@@ -21,11 +21,13 @@ import submitit
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from grokking.config import ConfigError, TrainConfig, validate
-from grokking.packing import plan_packs
-from grokking.rundir import COMPLETED, DamagedFile, DiskFull, RunLocked
-from grokking.sweep import compose_job, job_dir, refuse, to_train_config
-from grokking.training import Interrupted, RunFailed, train_pack
+from grokking.algorithmic import train_pack
+from grokking.algorithmic.config import TrainConfig, validate
+from grokking.algorithmic.packing import plan_packs
+from grokking.runs.config import ConfigError, from_hydra
+from grokking.runs.loop import Interrupted, RunFailed
+from grokking.runs.rundir import COMPLETED, DamagedFile, DiskFull, RunLocked
+from grokking.runs.sweep import compose_job, job_dir, refuse
 
 log = logging.getLogger("grokking")
 
@@ -51,7 +53,7 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
             job_config.hydra.job.id = job_config.hydra.job.num = number
         hydra_configs.append(job_config)
         try:
-            cfg = to_train_config(job_config)
+            cfg = from_hydra(TrainConfig, job_config)
             validate(cfg)
         except ConfigError as error:
             refuse(f"sweep job {number} ({' '.join(overrides)}): {error}; nothing trained")

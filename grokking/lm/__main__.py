@@ -1,0 +1,8 @@
+"""`python -m grokking.lm [key=value ...]`: train one language-model run, or a sweep
+(`+sweeps=lm_overfitting`, `-m`). Its config is conf/lm.yaml and its groups; the schema and the
+checks are in grokking/lm/config.py."""
+
+from grokking.lm import COMMAND
+
+if __name__ == "__main__":
+    COMMAND.main()

@@ -1,0 +1,156 @@
+"""The language-model family's configuration: the corpus and its subsets, the Gemma-2 model, the
+optimizers and schedule of the paper's App. A.2 (values its text lost are choices, stated in
+docs/method.md), and `validate`, which refuses a bad value with one line naming the field."""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, field
+from typing import ClassVar, Optional
+
+from omegaconf import DictConfig
+
+from grokking.runs import config as run_config
+from grokking.runs.config import MAX_SEED, RunConfig, require, validate_run
+
+MAX_VOCAB = 65_535  # token ids are stored as uint16
+MIN_VOCAB = 258  # the 256 byte tokens, the end-of-document token, and one merge
+
+
+class OptimizerName(enum.Enum):
+    adam = "adam"  # Adam on every parameter (no weight decay by default)
+    muon = "muon"  # Muon on the 2-D hidden matrices, Adam on embeddings, unembedding and gains
+
+
+class LarLayers(enum.Enum):
+    unembed = "unembed"  # only lm_head
+    all = "all"  # every nn.Linear of the model
+
+
+@dataclass
+class DataConfig:
+    source: Optional[str] = None  # noqa: UP045 — a folder of text files; None: Python's stdlib
+    vocab_size: int = 1024  # byte-level BPE vocabulary, trained on the whole corpus
+    val_fraction: float = 0.1  # documents held out, the same for every training-set size
+    split_seed: int = 0  # which documents are held out
+    subset_seed: int = 0  # the order the nested training subsets are cut from
+    train_tokens: Optional[int] = 100_000  # noqa: UP045 — training-set size; None: all
+    cache_dir: str = "outputs/lm/cache"  # tokenized corpora, one folder per corpus × vocabulary
+
+
+@dataclass
+class ModelConfig:
+    """A Gemma-2 decoder (HF transformers' Gemma2ForCausalLM), untied unembedding."""
+
+    n_layers: int = 2
+    hidden_size: int = 128
+    n_heads: int = 4
+    head_dim: int = 32
+    intermediate_size: int = 512  # of the gated-GeLU MLP
+    context: int = 128  # tokens per sequence
+    # Gemma-2 soft-caps attention logits at 50; the paper does not say (a choice: kept).
+    attn_logit_softcapping: Optional[float] = 50.0  # noqa: UP045 — None: off
+
+
+@dataclass
+class OptimConfig:
+    name: OptimizerName = OptimizerName.adam
+    lr: float = 2e-3  # peak learning rate of the optimizer named (Adam's, or Muon's)
+    adam_lr: float = 2e-3  # under muon: the peak rate of the Adam-side parameters
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.0  # decoupled; on 2-D parameters only (never on norm gains)
+    momentum: float = 0.95  # Muon's (Nesterov)
+    ns_steps: int = 5  # Muon's Newton–Schulz iterations
+    warmup_fraction: float = 0.05  # of the steps, linear from 0 to the peak
+    final_lr_fraction: float = 0.1  # the cosine ends at this fraction of the peak
+    grad_clip: float = 1.0  # global norm; 0: off
+
+
+@dataclass
+class LMConfig(RunConfig):
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    batch_size: int = 32  # sequences per step
+    token_budget: int = 1_000_000  # tokens trained on; steps = budget / (batch × context)
+    val_batches: int = 13  # the validation batch, in training batches (the paper's ≈ 13)
+    eval_every: int = 20  # steps between evaluations
+    lar_layers: LarLayers = LarLayers.all
+
+    RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = (*RunConfig.RUNTIME_FIELDS, "data.cache_dir")
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.model.context
+
+    @property
+    def max_steps(self) -> int:
+        return self.token_budget // self.tokens_per_step
+
+
+def validate(cfg: LMConfig) -> None:
+    """Raise ConfigError for the first value that is not allowed. Whether the corpus holds
+    `data.train_tokens` is checked once it is tokenized (`lm.data.check_sizes`)."""
+    validate_run(cfg)
+    d, m, o = cfg.data, cfg.model, cfg.optim
+    require(
+        MIN_VOCAB <= d.vocab_size <= MAX_VOCAB,
+        f"data.vocab_size: must be an integer in [{MIN_VOCAB}, {MAX_VOCAB}], got {d.vocab_size}",
+    )
+    require(0 < d.val_fraction < 1, f"data.val_fraction: must lie in (0, 1), got {d.val_fraction}")
+    for name in ("split_seed", "subset_seed"):
+        value = getattr(d, name)
+        require(
+            0 <= value <= MAX_SEED, f"data.{name}: must be an integer in [0, 2^63), got {value}"
+        )
+    require(
+        d.train_tokens is None or d.train_tokens >= 1,
+        f"data.train_tokens: must be an integer ≥ 1 or null (all), got {d.train_tokens}",
+    )
+    for name in ("n_layers", "hidden_size", "n_heads", "head_dim", "intermediate_size", "context"):
+        value = getattr(m, name)
+        require(value >= 1, f"model.{name}: must be an integer ≥ 1, got {value}")
+    require(
+        m.attn_logit_softcapping is None or m.attn_logit_softcapping > 0,
+        f"model.attn_logit_softcapping: must be > 0 or null, got {m.attn_logit_softcapping}",
+    )
+    for name in ("lr", "adam_lr"):
+        value = getattr(o, name)
+        require(
+            math.isfinite(value) and value > 0,
+            f"optim.{name}: must be a finite number > 0, got {value}",
+        )
+    for name in ("beta1", "beta2", "momentum"):
+        value = getattr(o, name)
+        require(0 <= value < 1, f"optim.{name}: must lie in [0, 1), got {value}")
+    require(o.eps > 0, f"optim.eps: must be > 0, got {o.eps}")
+    require(
+        math.isfinite(o.weight_decay) and o.weight_decay >= 0,
+        f"optim.weight_decay: must be a finite number ≥ 0, got {o.weight_decay}",
+    )
+    require(o.ns_steps >= 1, f"optim.ns_steps: must be an integer ≥ 1, got {o.ns_steps}")
+    require(
+        0 <= o.warmup_fraction < 1,
+        f"optim.warmup_fraction: must lie in [0, 1), got {o.warmup_fraction}",
+    )
+    require(
+        0 <= o.final_lr_fraction <= 1,
+        f"optim.final_lr_fraction: must lie in [0, 1], got {o.final_lr_fraction}",
+    )
+    require(o.grad_clip >= 0, f"optim.grad_clip: must be ≥ 0 (0 = off), got {o.grad_clip}")
+    for name in ("batch_size", "val_batches"):
+        value = getattr(cfg, name)
+        require(value >= 1, f"{name}: must be an integer ≥ 1, got {value}")
+    require(
+        cfg.token_budget >= cfg.tokens_per_step,
+        f"token_budget: must hold at least one step of batch_size × model.context = "
+        f"{cfg.tokens_per_step} tokens, got {cfg.token_budget}",
+    )
+
+
+def from_dict(stored: dict | DictConfig) -> LMConfig:
+    """The LMConfig of a summary's `config` or a composed config (runs.config.from_dict)."""
+    return run_config.from_dict(LMConfig, stored)

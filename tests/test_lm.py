@@ -1,0 +1,225 @@
+"""The language-model family on the shared run machinery: a tiny run through the command line,
+kill and resume, the probe on the HF model's unembedding, the Muon split, the schedule, and the
+refusals."""
+
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import torch
+from conftest import run_cli
+
+from grokking.lar import LARProbe, lar
+from grokking.lm.config import LMConfig, OptimConfig, OptimizerName
+from grokking.lm.model import build_model, matrix_role
+from grokking.lm.optim import lr_factor, make_optimizers, split_parameters
+from grokking.runs.rundir import RunDir
+
+
+@pytest.fixture(scope="session")
+def corpus_dir(tmp_path_factory):
+    """A folder of 40 small Python-like files: seconds to tokenize."""
+    folder = tmp_path_factory.mktemp("corpus")
+    for i in range(40):
+        lines = [
+            f"def function_{i}_{j}(x, y={j}):\n    return x * {i} + y - {j}\n" for j in range(60)
+        ]
+        (folder / f"module_{i:02d}.py").write_text("".join(lines) + f"# module {i}\n")
+    return folder
+
+
+def tiny(corpus_dir, cache_dir) -> list[str]:
+    """Overrides of a run of ~60 steps that trains in a few seconds."""
+    return [
+        f"data.source={corpus_dir}",
+        f"data.cache_dir={cache_dir}",
+        "data.vocab_size=300",
+        "data.train_tokens=8000",
+        "token_budget=15360",  # 60 steps of 8 x 32 tokens: ~2 epochs of the training set
+        "batch_size=8",
+        "model.context=32",
+        "model.hidden_size=32",
+        "model.head_dim=8",
+        "model.intermediate_size=64",
+        "eval_every=10",
+        "val_batches=2",
+        "threads=1",
+        "save_every_s=0",
+    ]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, corpus_dir):
+    cwd = tmp_path_factory.mktemp("lm_run")
+    result = run_cli(
+        *tiny(corpus_dir, cwd / "cache"), "hydra.run.dir=run", cwd=cwd, module="grokking.lm"
+    )
+    assert result.returncode == 0, result.stderr
+    return RunDir(cwd / "run"), result
+
+
+def test_a_tiny_run_through_the_command_line_writes_its_folder(tiny_run):
+    run, result = tiny_run
+    summary = run.read_summary()
+    assert summary["status"] == "completed" and summary["family"] == "lm"
+    assert summary["final_step"] == summary["max_steps"] == 60
+    assert summary["data"]["python_version"] == sys.version.split()[0]
+    assert len(summary["data"]["corpus_hash"]) == 64 and summary["data"]["n_documents"] == 40
+    assert summary["train_tokens"] == 8000
+    assert summary["epochs"] == pytest.approx(60 * 8 * 32 / 8000)
+    metrics = run.read_metrics()
+    assert list(metrics["step"]) == list(range(61))  # step 0 (initialisation) and every step
+    assert metrics["lar"].iloc[1:].notna().all() and metrics["train_loss"].iloc[1:].notna().all()
+    evaluated = metrics.dropna(subset=["val_loss"])
+    assert list(evaluated["step"]) == [0, 10, 20, 30, 40, 50, 60]
+    for column in ("probe_lar", "p1", "q1", "rho", "effective_rank"):
+        assert evaluated[column].notna().all(), column
+    matrices = run.read_matrix_lar()
+    assert set(matrices["step"]) == set(evaluated["step"])
+    assert len(matrices) == 7 * (2 * 7 + 1)  # evaluations x (2 layers x 7 matrices + lm_head)
+    assert {(".hydra/config.yaml"), ".hydra/overrides.yaml"} <= {
+        str(p.relative_to(run.path)) for p in run.path.glob(".hydra/*")
+    }
+    assert run.has_checkpoint("final") and run.has_checkpoint("last")
+    assert "stopping at step 60: reached the token budget" in (run.path / "train.log").read_text()
+
+
+def test_lar_starts_near_one_half_at_initialisation(tiny_run):
+    run, _ = tiny_run
+    first = run.read_metrics().iloc[0]
+    assert first["probe_lar"] == pytest.approx(0.5, abs=0.05)
+
+
+def test_the_default_folder_is_named_by_the_overrides(tmp_path, corpus_dir):
+    overrides = tiny(corpus_dir, tmp_path / "cache")
+    result = run_cli(*overrides, "token_budget=256", cwd=tmp_path, module="grokking.lm")
+    assert result.returncode == 0, result.stderr
+    (folder,) = (tmp_path / "outputs" / "lm" / "runs").iterdir()
+    assert "token_budget=256" in folder.name and "cache_dir" not in folder.name
+    assert "/" not in folder.name.replace(str(tmp_path), "")
+
+
+def same_run(a: RunDir, b: RunDir) -> None:
+    pd.testing.assert_frame_equal(
+        a.read_metrics().drop(columns="wall_s"), b.read_metrics().drop(columns="wall_s"),
+        check_exact=True,
+    )  # fmt: skip
+    pd.testing.assert_frame_equal(a.read_matrix_lar(), b.read_matrix_lar(), check_exact=True)
+    final_a, final_b = a.load_checkpoint("final")["model"], b.load_checkpoint("final")["model"]
+    assert all(torch.equal(final_a[name], final_b[name]) for name in final_a)
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_equals_uninterrupted(tmp_path, tiny_run, corpus_dir):
+    uninterrupted, _ = tiny_run
+    overrides = [*tiny(corpus_dir, tmp_path / "cache"), "hydra.run.dir=run"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "grokking.lm", *overrides],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    run = RunDir(tmp_path / "run")
+    deadline = time.monotonic() + 120
+    while not (run.has_checkpoint("last") and run.read_summary()["final_step"] >= 20):
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    process.kill()
+    process.wait()
+    assert run.read_summary()["final_step"] < 60
+    resumed = run_cli(*overrides, cwd=tmp_path, module="grokking.lm", check=True)
+    assert "resuming" in resumed.stderr + resumed.stdout
+    same_run(run, uninterrupted)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("optim=muon optim.lr=-1", "optim.lr: must be a finite number > 0, got -1"),
+        ("data.vocab_size=100", "data.vocab_size: must be an integer in [258, 65535], got 100"),
+        ("token_budget=10", "token_budget: must hold at least one step"),
+        ("optim=adamx", "optim: no option 'adamx'; allowed: adam, adamw, muon"),
+        ("model.width=3", "model.width: not a config key"),
+    ],
+)
+def test_bad_values_are_refused_before_anything_is_written(tmp_path, override, message):
+    result = run_cli(*override.split(), cwd=tmp_path, module="grokking.lm")
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_more_training_tokens_than_the_corpus_holds_is_refused(tmp_path, corpus_dir):
+    overrides = [*tiny(corpus_dir, tmp_path / "cache"), "data.train_tokens=10000000"]
+    result = run_cli(*overrides, cwd=tmp_path, module="grokking.lm")
+    assert result.returncode == 2, result.stderr
+    assert "data.train_tokens:" in result.stderr and "10000000" in result.stderr
+    assert not (tmp_path / "outputs" / "lm" / "runs").exists()
+
+
+# --- the model, the probe and the optimizers ------------------------------------------------
+def small_model():
+    cfg = LMConfig()
+    cfg.model.hidden_size, cfg.model.head_dim, cfg.model.intermediate_size = 32, 8, 64
+    return build_model(cfg.model, 300, seed=0)
+
+
+def test_probe_on_the_hf_unembedding_equals_lar_of_its_captured_inputs():
+    model = small_model()
+    captured = []
+    head = model.get_output_embeddings()
+    hook = head.register_forward_hook(lambda module, args, out: captured.append(args[0]))
+    tokens = torch.randint(0, 300, (4, 32), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad(), LARProbe(head) as probe:
+        model(input_ids=tokens)
+    hook.remove()
+    # the probe sums row norms taken in float32 (lar.sums_of_squares): ~1e-8 relative
+    assert probe.value() == pytest.approx(lar(head.weight, captured[0]), rel=1e-7)
+    assert probe.value() == pytest.approx(0.5, abs=0.05)  # at initialisation
+
+
+def test_muon_gets_the_hidden_matrices_only():
+    model = small_model()
+    adam, muon = make_optimizers(model, OptimConfig(name=OptimizerName.muon))
+    on_muon = {id(p) for group in muon.param_groups for p in group["params"]}
+    on_adam = {id(p) for group in adam.param_groups for p in group["params"]}
+    names = {id(p): name for name, p in model.named_parameters()}
+    assert on_muon.isdisjoint(on_adam) and on_muon | on_adam == set(names)
+    assert all(model.get_parameter(names[i]).ndim == 2 for i in on_muon)
+    assert id(model.get_output_embeddings().weight) in on_adam
+    assert id(model.get_input_embeddings().weight) in on_adam
+    assert {matrix_role(names[i].removesuffix(".weight"))[1] for i in on_muon} == {
+        "q", "k", "v", "o", "gate", "up", "down"
+    }  # fmt: skip
+    assert not split_parameters(model)["adam_no_decay"] or all(
+        p.ndim == 1 for _, p in split_parameters(model)["adam_no_decay"]
+    )
+
+
+def test_adam_puts_everything_on_adam_and_decays_no_gain():
+    model = small_model()
+    (adam,) = make_optimizers(model, OptimConfig(weight_decay=0.1))
+    decayed, plain = adam.param_groups
+    assert all(p.ndim == 2 for p in decayed["params"]) and decayed["weight_decay"] == 0.1
+    assert all(p.ndim == 1 for p in plain["params"]) and plain["weight_decay"] == 0.0
+
+
+def test_schedule_warms_up_linearly_then_decays_by_a_cosine():
+    o = OptimConfig(warmup_fraction=0.1, final_lr_fraction=0.1)
+    factors = [lr_factor(step, 100, o) for step in range(100)]
+    assert factors[:10] == pytest.approx([(s + 1) / 10 for s in range(10)])
+    assert factors[10] == pytest.approx(1.0)
+    assert factors[55] == pytest.approx(0.1 + 0.9 * 0.5)  # half-way through the cosine
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:], strict=False))
+    assert lr_factor(100, 100, o) == pytest.approx(0.1)
+
+
+def test_the_run_machinery_imports_no_family():
+    code = (
+        "import sys, grokking.runs.rundir, grokking.runs.loop, grokking.runs.record, "
+        "grokking.runs.sweep, grokking.runs.command, grokking.lar; "
+        "bad = [m for m in sys.modules if m.startswith(('grokking.algorithmic', 'grokking.lm'))]; "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
