@@ -92,6 +92,14 @@ def test_lar_starts_near_one_half_at_initialisation(tiny_run):
     assert first["probe_lar"] == pytest.approx(0.5, abs=0.05)
 
 
+def test_help_lists_the_language_model_sweeps_and_the_config(tmp_path):
+    result = run_cli("--help", cwd=tmp_path, module="grokking.lm", check=True)
+    (sweeps,) = [line for line in result.stdout.splitlines() if line.startswith("Sweep files")]
+    assert sweeps.split(": ", 1)[1].split(", ") == ["lm_lr", "lm_overfitting"]
+    assert "token_budget: 1000000" in result.stdout and "vocab_size: 1024" in result.stdout
+    assert not any(tmp_path.iterdir())
+
+
 def test_the_default_folder_is_named_by_the_overrides(tmp_path, corpus_dir):
     overrides = tiny(corpus_dir, tmp_path / "cache")
     result = run_cli(*overrides, "token_budget=256", cwd=tmp_path, module="grokking.lm")
@@ -223,3 +231,40 @@ def test_the_run_machinery_imports_no_family():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_tensorboard_receives_the_lar_of_every_step(tmp_path, corpus_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    overrides = [*tiny(corpus_dir, tmp_path / "cache"), "token_budget=2560", "logger=tensorboard"]
+    result = run_cli(*overrides, "hydra.run.dir=run", cwd=tmp_path, module="grokking.lm")
+    assert result.returncode == 0, result.stderr
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard")).Reload()
+    metrics = RunDir(tmp_path / "run").read_metrics()
+    lar = {event.step: event.value for event in events.Scalars("lar")}
+    assert sorted(lar) == list(range(1, 11))  # 10 steps
+    steps = metrics.set_index("step")["lar"].dropna()
+    assert lar == pytest.approx(steps.to_dict(), rel=1e-6)  # float32 in the event file
+    assert [event.step for event in events.Scalars("val_loss")] == [0, 10]
+    assert "matrix_lar/lm_head" in events.Tags()["scalars"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["parallel", "slurm"])
+def test_a_sweep_of_both_optimizers_runs_on_the_launchers(tmp_path, corpus_dir, launcher, request):
+    if launcher == "slurm":
+        request.getfixturevalue("slurm_cluster")  # a real single-node cluster (conftest.py)
+    cache = tmp_path / "cache"
+    sweep = [*tiny(corpus_dir, cache), "token_budget=2560", "optim=adam,muon"]
+    result = run_cli(
+        "-m", *sweep, f"hydra/launcher={launcher}", "hydra.sweep.dir=sweep",
+        cwd=tmp_path, module="grokking.lm", timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    summaries = {
+        run.path.name: run.read_summary()
+        for run in map(RunDir, (tmp_path / "sweep").glob("*optim=*"))
+    }
+    assert sorted(s["optimizer"] for s in summaries.values()) == ["adam", "muon"]
+    assert all(s["status"] == "completed" and s["final_step"] == 10 for s in summaries.values())
+    assert len([p for p in cache.iterdir() if p.is_dir()]) == 1  # tokenized once, then reused

@@ -11,6 +11,7 @@ so every example is `[x, op_token, y, eq_token]` and the vocabulary has `n_class
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -132,8 +133,11 @@ def check_task(name: str, p: int | None) -> None:
         raise TaskError("p", f"task {name!r} divides modulo p, so p must be prime, got {p}")
 
 
+@functools.lru_cache(maxsize=64)
 def make_dataset(name: str, p: int | None = 97) -> Dataset:
-    """All examples of task `name` (one of TASK_NAMES); `p` is ignored by the S5 tasks."""
+    """All examples of task `name` (one of TASK_NAMES); `p` is ignored by the S5 tasks. Built
+    once per process and (name, p): the check, the pack planner, the record and the engine of a
+    run all ask for it, so treat its tensors as read-only."""
     check_task(name, p)
     if name in S5_OPS:
         op = S5_OPS[name]

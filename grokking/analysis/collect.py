@@ -92,6 +92,9 @@ def reason(error: Exception, where: Path | None = None) -> str:
     return text if where is None or str(where) in text else f"{where}: {text}"
 
 
+FAMILY = "algorithmic"  # the runs this analysis reads (summary.json's "family")
+
+
 def collect(*dirs: str | Path) -> Results:
     """Every run under `dirs` (any depth). Runs not completed are reported and left out; a run
     with a missing or corrupt file is skipped with a warning that names it and the reason."""
@@ -103,6 +106,11 @@ def collect(*dirs: str | Path) -> Results:
             name = f"{root.name}/{run_dir.path.relative_to(root)}".rstrip("/.")
             try:
                 summary = run_dir.read_summary()
+                family = summary.get("family", FAMILY)  # runs before the families had none
+                if family != FAMILY:
+                    skipped.append((name, f"a run of the {family!r} family, not a grokking run"))
+                    log.warning("skipping %s: %s", name, skipped[-1][1])
+                    continue
                 status = run_dir.status()  # the trainer's word, "interrupted" for a dead run
                 if status != COMPLETED:
                     not_completed.append((name, status))

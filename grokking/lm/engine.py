@@ -73,9 +73,8 @@ class LMEngine:
         unembedding's spectral summary (p, q, ρ, p₁, q₁, effective rank ...)."""
         self.model.eval()
         batch = self.cfg.batch_size
-        val_loss = torch.stack(
-            [self._loss(windows) for windows in self.data.val.split(batch)]
-        ).mean()  # the chunks are equal in size (the validation batch is whole batches)
+        chunks = self.data.val.split(batch)  # the last may be smaller: weigh each by its rows
+        val_loss = sum(self._loss(chunk) * len(chunk) for chunk in chunks) / len(self.data.val)
         pattern = "*" if self.cfg.lar_layers == LarLayers.all else UNEMBED
         with (
             ProbeSet(self.model, pattern) as probes,

@@ -63,18 +63,18 @@ class LMRecord(RunRecord):
         super().after_unit(result)
         step = self.clock.step
         tokens = step * self.cfg.tokens_per_step
-        self.metrics.append(
-            {
-                "step": step,
-                "tokens": tokens,
-                "epoch": tokens / self.data.meta["train_tokens"],  # passes over the training set
-                "wall_s": self.wall_s(),
-                "lr": result["lr"],
-                "train_loss": result["loss"],
-                "lar": result["lar"],
-                "grad_norm": result["grad_norm"],
-            }
-        )
+        row = {
+            "step": step,
+            "tokens": tokens,
+            "epoch": tokens / self.data.meta["train_tokens"],  # passes over the training set
+            "wall_s": self.wall_s(),
+            "lr": result["lr"],
+            "train_loss": result["loss"],
+            "lar": result["lar"],
+            "grad_norm": result["grad_norm"],
+        }
+        self.metrics.append(row)
+        self.send(row, [])  # the loggers see every step, not only evaluations
 
     def add_row(self, row: dict) -> None:
         """An evaluation completes the row of its step (at step 0 it is the first row)."""

@@ -42,11 +42,16 @@ OmegaConf.register_new_resolver(
 )
 # A config file puts ROOT on Hydra's search path, so `sweeps/` is a config group.
 OmegaConf.register_new_resolver("grokking_root", lambda: str(ROOT), replace=True)
-# --help lists the options of a config group (conf/task, sweeps) from the files themselves.
+# --help lists the options of a config group (conf/task, sweeps) from the files themselves: those
+# whose names start with `prefix` and not with `other` (the language models' sweeps are lm_*).
 OmegaConf.register_new_resolver(
     "grokking_options",
-    lambda group, prefix="": ", ".join(
-        sorted(p.stem for p in (ROOT / group).glob(f"{prefix}*.yaml"))
+    lambda group, prefix="", other=None: ", ".join(
+        sorted(
+            path.stem
+            for path in (ROOT / group).glob(f"{prefix}*.yaml")
+            if not (other and path.stem.startswith(other))
+        )
     ),
     replace=True,
 )

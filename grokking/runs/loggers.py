@@ -1,11 +1,11 @@
 """Send each evaluation to TensorBoard or Weights & Biases as well as to the run directory.
 
 `open_logger(cfg, run_dir, run_name, config)` gives a `RunLogger`; the trainer calls
-`log_evaluation(row, matrix_rows)` after each evaluation and `close()` at the end (or uses it as a
-context manager). Every value is logged at x = the row's unit (its family's: epoch or step):
-the metrics row under its own column names (`lar` is the unembedding's LAR) and each dense
-matrix's LAR as `matrix_lar/<name>`. The logger packages are optional
-(`pip install "grokking[loggers]"`) and imported only when used.
+`log_evaluation(row, matrix_rows)` after each evaluation (and each step of a language-model
+run) and `close()` at the end (or uses it as a context manager). Every value is logged at x =
+the row's unit (its family's: epoch or step): the metrics row under its own column names (`lar` is
+the unembedding's LAR) and each dense matrix's LAR as `matrix_lar/<name>`. The logger packages
+are optional (`pip install "grokking[loggers]"`) and imported only when used.
 """
 
 from __future__ import annotations

@@ -236,17 +236,22 @@ class RunRecord:
             for name, values in result["matrix_lar"].items()
         ]
         self.matrix_lar += matrices
-        if self._logger is None:
-            self._logger = open_logger(
-                self.cfg.logger, self.run_dir.path, self.label, to_dict(self.cfg), self.UNIT
-            )
-        self._logger.log_evaluation(row, matrices)
+        self.send(row, matrices)
         self.log(self.describe(row), console=self.evaluations_on_console)
         self.on_evaluation(row, model_state)
         return self.stop_reason()
 
     def add_row(self, row: dict) -> None:
         self.metrics.append(row)
+
+    def send(self, row: dict, matrices: list[dict]) -> None:
+        """Hand a row (and matrix rows) to the run's logger (TensorBoard, W&B), opened at the
+        first one."""
+        if self._logger is None:
+            self._logger = open_logger(
+                self.cfg.logger, self.run_dir.path, self.label, to_dict(self.cfg), self.UNIT
+            )
+        self._logger.log_evaluation(row, matrices)
 
     # --- checkpoints and endings ----------------------------------------------------------------
     def model_checkpoint(self, model_state: dict) -> dict:

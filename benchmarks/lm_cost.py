@@ -1,0 +1,111 @@
+"""What a language-model run costs on this machine, measured in one process: tokens/s of a
+training step at the default size, the share of the unembedding's LAR in a step (it is computed
+at every step, from the step's own forward pass), the cost of an evaluation and the share of
+every matrix's LAR in it, and each sweep file's projected wall time.
+
+    python benchmarks/lm_cost.py                # the default config, one thread
+    python benchmarks/lm_cost.py --steps 40 --threads 2 data.train_tokens=200000
+
+The corpus is tokenized first if its cache (data.cache_dir) does not hold it yet."""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from grokking.lar import sum_of_squares
+from grokking.lm import load_config
+from grokking.lm.config import LarLayers
+from grokking.lm.engine import LMEngine
+
+SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
+
+
+def seconds(work, repeats: int) -> float:
+    """Median wall time of `work` over `repeats` calls, after one warm-up call."""
+    work()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def lar_share(engine: LMEngine, repeats: int) -> tuple[float, float]:
+    """(seconds of one step's LAR, seconds of a step): the probe's work on the unembedding's
+    captured input and output of a training batch, and a whole step."""
+    captured = {}
+    head = engine.model.get_output_embeddings()
+    hook = head.register_forward_hook(lambda m, a, out: captured.update(x=a[0], y=out))
+    step_s = seconds(engine.advance, repeats)
+    hook.remove()
+    x, y = captured["x"].detach(), captured["y"].detach()
+
+    def lar_work():
+        sum_of_squares(x.reshape(-1, x.shape[-1]))
+        sum_of_squares(y.reshape(-1, y.shape[-1]))
+
+    return seconds(lar_work, repeats * 5), step_s
+
+
+def projected_sweep_minutes(path: Path, per_run_s: float, cores: int) -> tuple[int, float]:
+    """(runs, minutes) of a sweep file whose runs each take `per_run_s`, `cores` at a time."""
+    params = yaml.safe_load(path.read_text())["hydra"]["sweeper"]["params"]
+    runs = 1
+    for values in params.values():
+        runs *= len(str(values).split(","))
+    return runs, -(-runs // cores) * per_run_s / 60
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=20, help="timed steps (median)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--cores", type=int, default=2, help="runs of a sweep at once")
+    parser.add_argument("overrides", nargs="*", help="config overrides, as on the command line")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    cfg = load_config(["eval_every=25", "token_budget=2000000", *args.overrides])
+    start = time.perf_counter()
+    engine = LMEngine([cfg], torch.device("cpu"))
+    setup_s = time.perf_counter() - start
+    lar_s, step_s = lar_share(engine, args.steps)
+    eval_all_s = seconds(engine.evaluate, 3)
+    cfg.lar_layers = LarLayers.unembed
+    eval_unembed_s = seconds(engine.evaluate, 3)
+
+    tokens = cfg.tokens_per_step
+    print(
+        f"config: vocabulary {engine.data.meta['vocab_size']}, hidden {cfg.model.hidden_size}, "
+        f"{cfg.model.n_layers} layers, context {cfg.model.context}, batch {cfg.batch_size}, "
+        f"{args.threads} thread(s); corpus {engine.data.meta['n_tokens']:,} tokens"
+    )
+    print(f"training step: {step_s * 1e3:.0f} ms = {tokens / step_s:,.0f} tokens/s")
+    print(f"unembedding LAR at every step: {lar_s * 1e3:.2f} ms = {lar_s / step_s:.2%} of a step")
+    print(
+        f"evaluation ({cfg.val_batches} x {cfg.batch_size} validation sequences + the probe "
+        f"batch): {eval_all_s:.2f} s with every matrix's LAR, {eval_unembed_s:.2f} s with the "
+        f"unembedding's only: every matrix costs {(eval_all_s - eval_unembed_s) / eval_all_s:.1%}"
+        " of an evaluation"
+    )
+    print(f"setup (data, model): {setup_s:.1f} s")
+    for path in sorted(SWEEPS.glob("lm_*.yaml")):
+        sweep = yaml.safe_load(path.read_text())
+        steps = sweep.get("token_budget", cfg.token_budget) // tokens
+        evals = steps // sweep.get("eval_every", cfg.eval_every) + 1
+        per_run_s = setup_s + steps * step_s + evals * eval_all_s
+        runs, minutes = projected_sweep_minutes(path, per_run_s, args.cores)
+        print(
+            f"{path.stem}: {runs} runs x {per_run_s / 60:.1f} min ({steps} steps, {evals} "
+            f"evaluations) = {minutes:.0f} min on {args.cores} cores"
+        )
+
+
+if __name__ == "__main__":
+    main()
