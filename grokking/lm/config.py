@@ -56,8 +56,10 @@ class ModelConfig:
 @dataclass
 class OptimConfig:
     name: OptimizerName = OptimizerName.adam
-    lr: float = 2e-3  # peak learning rate of the optimizer named (Adam's, or Muon's)
-    adam_lr: float = 2e-3  # under muon: the peak rate of the Adam-side parameters
+    # peak rate of the optimizer named (Adam's; muon.yaml sets Muon's): the best final validation
+    # loss of sweeps/lm_lr.yaml on the largest set (docs/method.md §4)
+    lr: float = 8e-3
+    adam_lr: float = 8e-3  # under muon: the peak rate of the Adam-side parameters
     beta1: float = 0.9
     beta2: float = 0.95
     eps: float = 1e-8
