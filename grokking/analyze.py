@@ -1,11 +1,14 @@
 """`python -m grokking.analyze DIR [DIR ...]`: Table 1, the per-task table and the paper's
-figures from every run under the given directories.
+figures from every grokking run under the given directories, and the §5 analysis (the overfitting
+step, Figures 4–8, Table 2) of every language-model run there; a folder holding both analyses each.
 
 Writes into `--out` (default: `<first DIR>-analysis`, beside it) and prints where:
-  runs.parquet, metrics.parquet, matrix_lar.parquet, checkpoint_measures.parquet  (for notebooks)
-  table1.{md,tex,csv}, per_task.{md,tex,csv}
-  figure1_<group>, curves_<group>, figure2, figure3, figure9, ranks_<group>, matrices_<group>
-  (.png and .pdf)
+  grokking runs: runs.parquet, metrics.parquet, matrix_lar.parquet, checkpoint_measures.parquet,
+    table1.{md,tex,csv}, per_task.{md,tex,csv}, figure1_<group>, curves_<group>, figure2,
+    figure3, figure9, ranks_<group>, matrices_<group> (.png and .pdf)
+  language models: lm_runs.parquet, lm_metrics.parquet, lm_matrix_lar.parquet,
+    lm_overfitting.{md,tex,csv}, lm_correlations.{md,tex,csv}, table2.{md,tex,csv},
+    figure4 ... figure8, lm_ranks (.png and .pdf)
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # the command writes files; it never needs a display
-from grokking.analysis import figures  # noqa: E402
+from grokking.analysis import figures, language_models  # noqa: E402
 from grokking.analysis.collect import NothingToAnalyse, collect  # noqa: E402
 from grokking.analysis.measure import measure_all  # noqa: E402
 from grokking.analysis.tables import (  # noqa: E402
@@ -59,16 +62,40 @@ def analyze(dirs: list[Path], out: Path, pca_threshold: float = 0.95, figure2_ru
     """Everything the command writes; returns {name: path} of the files written. Every run is
     read and measured before anything is written, so a run is in every output or in none, and
     NothingToAnalyse leaves no file behind."""
-    results = collect(*dirs)
-    results.require_runs(dirs)
-    measures = measure_all(results, pca_threshold)
-    results.require_runs(dirs)
+    lm = language_models.collect(*dirs)
+    try:
+        grokking = _measure_grokking(dirs, pca_threshold)
+    except NothingToAnalyse:
+        if lm.runs.empty:
+            raise
+        grokking = None
     try:  # beside a colleague's read-only results, the default folder cannot be made
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise OutputError(
             f"--out: cannot create {out} ({error.strerror}); choose another"
         ) from None
+    written = {}
+    if grokking is not None:
+        written |= _write_grokking(*grokking, out, figure2_runs)
+    if not lm.runs.empty:
+        written |= language_models.write(lm, out)
+        left = "; ".join(f"{run} ({why})" for run, why in lm.left_out)
+        analysed = f"{len(lm.runs)} language-model runs analysed"
+        print(analysed + (f"; left out: {left}" if left else ""))
+    print(f"wrote tables, figures and parquet files to {out}")
+    return written
+
+
+def _measure_grokking(dirs: list[Path], pca_threshold: float):
+    results = collect(*dirs)
+    results.require_runs(dirs)
+    measures = measure_all(results, pca_threshold)
+    results.require_runs(dirs)
+    return results, measures
+
+
+def _write_grokking(results, measures, out: Path, figure2_runs) -> dict:
     written = {}
     for name, frame in (
         ("runs", results.runs),
@@ -116,7 +143,6 @@ def analyze(dirs: list[Path], out: Path, pca_threshold: float = 0.95, figure2_ru
     count = len(results.runs)
     analysed = f"{count} run{'s' if count != 1 else ''} analysed"
     print(analysed + (f"; left out: {left_out}" if left_out else ""))
-    print(f"wrote tables, figures and parquet files to {out}")
     return written
 
 

@@ -126,3 +126,37 @@ def smoke_sweep(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("smoke")
     result = run_cli("+sweeps=smoke", cwd=cwd, check=True)
     return cwd, result
+
+
+# --- language models ---------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def corpus_dir(tmp_path_factory):
+    """A folder of 40 small Python-like files: seconds to tokenize."""
+    folder = tmp_path_factory.mktemp("corpus")
+    for i in range(40):
+        lines = [
+            f"def function_{i}_{j}(x, y={j}):\n    return x * {i} + y - {j}\n" for j in range(60)
+        ]
+        (folder / f"module_{i:02d}.py").write_text("".join(lines) + f"# module {i}\n")
+    return folder
+
+
+def tiny_lm(corpus_dir, cache_dir) -> list[str]:
+    """Overrides of `python -m grokking.lm` for a run of 60 steps that trains in seconds, on
+    `corpus_dir` (the fixture), its tokens cached in `cache_dir`."""
+    return [
+        f"data.source={corpus_dir}",
+        f"data.cache_dir={cache_dir}",
+        "data.vocab_size=300",
+        "data.train_tokens=8000",
+        "token_budget=15360",  # 60 steps of 8 x 32 tokens: ~2 epochs of the training set
+        "batch_size=8",
+        "model.context=32",
+        "model.hidden_size=32",
+        "model.head_dim=8",
+        "model.intermediate_size=64",
+        "eval_every=10",
+        "val_batches=2",
+        "threads=1",
+        "save_every_s=0",
+    ]

@@ -9,7 +9,7 @@ import time
 import pandas as pd
 import pytest
 import torch
-from conftest import run_cli
+from conftest import run_cli, tiny_lm
 
 from grokking.lar import LARProbe, lar
 from grokking.lm.config import LMConfig, OptimConfig, OptimizerName
@@ -18,43 +18,11 @@ from grokking.lm.optim import lr_factor, make_optimizers, split_parameters
 from grokking.runs.rundir import RunDir
 
 
-@pytest.fixture(scope="session")
-def corpus_dir(tmp_path_factory):
-    """A folder of 40 small Python-like files: seconds to tokenize."""
-    folder = tmp_path_factory.mktemp("corpus")
-    for i in range(40):
-        lines = [
-            f"def function_{i}_{j}(x, y={j}):\n    return x * {i} + y - {j}\n" for j in range(60)
-        ]
-        (folder / f"module_{i:02d}.py").write_text("".join(lines) + f"# module {i}\n")
-    return folder
-
-
-def tiny(corpus_dir, cache_dir) -> list[str]:
-    """Overrides of a run of ~60 steps that trains in a few seconds."""
-    return [
-        f"data.source={corpus_dir}",
-        f"data.cache_dir={cache_dir}",
-        "data.vocab_size=300",
-        "data.train_tokens=8000",
-        "token_budget=15360",  # 60 steps of 8 x 32 tokens: ~2 epochs of the training set
-        "batch_size=8",
-        "model.context=32",
-        "model.hidden_size=32",
-        "model.head_dim=8",
-        "model.intermediate_size=64",
-        "eval_every=10",
-        "val_batches=2",
-        "threads=1",
-        "save_every_s=0",
-    ]
-
-
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, corpus_dir):
     cwd = tmp_path_factory.mktemp("lm_run")
     result = run_cli(
-        *tiny(corpus_dir, cwd / "cache"), "hydra.run.dir=run", cwd=cwd, module="grokking.lm"
+        *tiny_lm(corpus_dir, cwd / "cache"), "hydra.run.dir=run", cwd=cwd, module="grokking.lm"
     )
     assert result.returncode == 0, result.stderr
     return RunDir(cwd / "run"), result
@@ -101,12 +69,22 @@ def test_help_lists_the_language_model_sweeps_and_the_config(tmp_path):
 
 
 def test_the_default_folder_is_named_by_the_overrides(tmp_path, corpus_dir):
-    overrides = tiny(corpus_dir, tmp_path / "cache")
+    overrides = tiny_lm(corpus_dir, tmp_path / "cache")
     result = run_cli(*overrides, "token_budget=256", cwd=tmp_path, module="grokking.lm")
     assert result.returncode == 0, result.stderr
     (folder,) = (tmp_path / "outputs" / "lm" / "runs").iterdir()
     assert "token_budget=256" in folder.name and "cache_dir" not in folder.name
     assert "/" not in folder.name.replace(str(tmp_path), "")
+
+
+def test_a_name_too_long_for_a_file_system_is_cut_and_made_unique():
+    from grokking.runs.command import MAX_NAME_BYTES, run_name
+
+    long = ",".join(f"model.hidden_size={i}" for i in range(40))
+    name = run_name(long)
+    assert len(name.encode()) <= MAX_NAME_BYTES and name == run_name(long)
+    assert name != run_name(long + "0") and name.startswith("model.hidden_size=0,")
+    assert run_name("seed=1") == "seed=1" and run_name("") == "default"
 
 
 def same_run(a: RunDir, b: RunDir) -> None:
@@ -122,7 +100,7 @@ def same_run(a: RunDir, b: RunDir) -> None:
 @pytest.mark.slow
 def test_kill_9_then_resume_equals_uninterrupted(tmp_path, tiny_run, corpus_dir):
     uninterrupted, _ = tiny_run
-    overrides = [*tiny(corpus_dir, tmp_path / "cache"), "hydra.run.dir=run"]
+    overrides = [*tiny_lm(corpus_dir, tmp_path / "cache"), "hydra.run.dir=run"]
     process = subprocess.Popen(
         [sys.executable, "-m", "grokking.lm", *overrides],
         cwd=tmp_path,
@@ -159,7 +137,7 @@ def test_bad_values_are_refused_before_anything_is_written(tmp_path, override, m
 
 
 def test_more_training_tokens_than_the_corpus_holds_is_refused(tmp_path, corpus_dir):
-    overrides = [*tiny(corpus_dir, tmp_path / "cache"), "data.train_tokens=10000000"]
+    overrides = [*tiny_lm(corpus_dir, tmp_path / "cache"), "data.train_tokens=10000000"]
     result = run_cli(*overrides, cwd=tmp_path, module="grokking.lm")
     assert result.returncode == 2, result.stderr
     assert "data.train_tokens:" in result.stderr and "10000000" in result.stderr
@@ -236,7 +214,8 @@ def test_the_run_machinery_imports_no_family():
 def test_tensorboard_receives_the_lar_of_every_step(tmp_path, corpus_dir):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    overrides = [*tiny(corpus_dir, tmp_path / "cache"), "token_budget=2560", "logger=tensorboard"]
+    overrides = [*tiny_lm(corpus_dir, tmp_path / "cache"), "token_budget=2560"]
+    overrides.append("logger=tensorboard")
     result = run_cli(*overrides, "hydra.run.dir=run", cwd=tmp_path, module="grokking.lm")
     assert result.returncode == 0, result.stderr
     events = EventAccumulator(str(tmp_path / "run" / "tensorboard")).Reload()
@@ -255,7 +234,7 @@ def test_a_sweep_of_both_optimizers_runs_on_the_launchers(tmp_path, corpus_dir, 
     if launcher == "slurm":
         request.getfixturevalue("slurm_cluster")  # a real single-node cluster (conftest.py)
     cache = tmp_path / "cache"
-    sweep = [*tiny(corpus_dir, cache), "token_budget=2560", "optim=adam,muon"]
+    sweep = [*tiny_lm(corpus_dir, cache), "token_budget=2560", "optim=adam,muon"]
     result = run_cli(
         "-m", *sweep, f"hydra/launcher={launcher}", "hydra.sweep.dir=sweep",
         cwd=tmp_path, module="grokking.lm", timeout=600,

@@ -106,11 +106,8 @@ def collect(*dirs: str | Path) -> Results:
             name = f"{root.name}/{run_dir.path.relative_to(root)}".rstrip("/.")
             try:
                 summary = run_dir.read_summary()
-                family = summary.get("family", FAMILY)  # runs before the families had none
-                if family != FAMILY:
-                    skipped.append((name, f"a run of the {family!r} family, not a grokking run"))
-                    log.warning("skipping %s: %s", name, skipped[-1][1])
-                    continue
+                if summary.get("family", FAMILY) != FAMILY:  # runs before the families had none
+                    continue  # another family's analysis reads it (language_models.py)
                 status = run_dir.status()  # the trainer's word, "interrupted" for a dead run
                 if status != COMPLETED:
                     not_completed.append((name, status))

@@ -29,7 +29,7 @@ def save(fig, out_dir: Path, name: str) -> list[Path]:
     return paths
 
 
-def _grid(n_panels: int, ncols: int = 4, size=(3.6, 2.8), **kwargs):
+def grid(n_panels: int, ncols: int = 4, size=(3.6, 2.8), **kwargs):
     ncols = min(ncols, n_panels)
     nrows = -(-n_panels // ncols)
     fig, axes = plt.subplots(
@@ -99,7 +99,7 @@ def figure1(runs: pd.DataFrame, metrics: pd.DataFrame, group: str):
         return None
     ncols = min(4, len(panels))
     # constrained layout makes room for the twin axes' tick labels, which tight_layout ignores
-    fig, axes = _grid(len(panels), ncols=ncols, size=(4.0, 2.8), layout="constrained")
+    fig, axes = grid(len(panels), ncols=ncols, size=(4.0, 2.8), layout="constrained")
     for i, (ax, (condition, panel_runs)) in enumerate(zip(axes, panels, strict=False)):
         data = metrics[metrics["run"].isin(panel_runs["run"])]
         limit = _x_limit(panel_runs)
@@ -218,7 +218,7 @@ def figure3(measures: pd.DataFrame, runs: pd.DataFrame):
     data = measures.merge(runs[["run", "group", "setting"]], on="run")
     data["row"] = [group_title(g, s) for g, s in zip(data["group"], data["setting"], strict=True)]
     rows = list(dict.fromkeys(data["row"]))
-    fig, axes = _grid(len(rows), ncols=3, size=(4.6, 4.3))
+    fig, axes = grid(len(rows), ncols=3, size=(4.6, 4.3))
     top = max(data["pc95"].max(), data["k_lar"].max()) * 1.2
     markers = dict(zip(KIND_ORDER, ("o", "s", "^"), strict=True))
     for ax, row in zip(axes, rows, strict=False):
@@ -366,7 +366,7 @@ def figure_matrices(runs: pd.DataFrame, matrix_lar: pd.DataFrame, group: str):
     data["order"] = data["role"].map({role: i for i, role in enumerate(ROLE_ORDER)})
     ordered = data.sort_values(["layer", "order"], na_position="last")
     panels = list(dict.fromkeys(ordered["panel"]))
-    fig, axes = _grid(len(panels), ncols=6 if len(panels) > 8 else 4, size=(3.0, 2.5), sharey=True)
+    fig, axes = grid(len(panels), ncols=6 if len(panels) > 8 else 4, size=(3.0, 2.5), sharey=True)
     palette = _condition_palette(in_group)
     for ax, panel in zip(axes, panels, strict=False):
         sns.lineplot(

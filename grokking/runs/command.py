@@ -6,6 +6,7 @@ before Hydra writes or submits anything."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import sys
 from pathlib import Path
@@ -35,11 +36,21 @@ SWEEPS_DIR = ROOT / "sweeps"
 # Overrides that choose how a sweep runs, not what a run computes: not in a run folder's name.
 LAUNCH_KEYS = ("sweeps", "+sweeps", "hydra/launcher")
 
-# An empty override list (the default command) still gets a readable folder name, and a path
-# value (data.source=/my/texts) one folder, not nested ones.
-OmegaConf.register_new_resolver(
-    "run_name", lambda overrides: overrides.replace("/", "_") or "default", replace=True
-)
+MAX_NAME_BYTES = 200  # file systems allow 255 bytes in a name
+
+
+def run_name(overrides: str) -> str:
+    """A run folder's name from its overrides: "default" for none, a path value
+    (data.source=/my/texts) as one folder, not nested ones, and a name too long for a file
+    system cut short and made unique by a hash of the whole (the same command, the same name)."""
+    name = overrides.replace("/", "_") or "default"
+    if len(name.encode()) <= MAX_NAME_BYTES:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:16]
+    return name.encode()[: MAX_NAME_BYTES - 17].decode(errors="ignore") + "-" + digest
+
+
+OmegaConf.register_new_resolver("run_name", run_name, replace=True)
 # A config file puts ROOT on Hydra's search path, so `sweeps/` is a config group.
 OmegaConf.register_new_resolver("grokking_root", lambda: str(ROOT), replace=True)
 # --help lists the options of a config group (conf/task, sweeps) from the files themselves: those
