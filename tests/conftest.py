@@ -64,19 +64,22 @@ def run_cli(*args, cwd, module="grokking.train", timeout=300, check=False):
 
 @pytest.fixture
 def refusal(tmp_path, monkeypatch, capsys):
-    """`refusal(*arguments)` -> (exit code, stderr) of the pre-launch check that
-    `python -m grokking.train *arguments` runs before Hydra writes anything, run in this process
-    with the working directory `tmp_path/work` (the same function the command calls first)."""
-    from grokking.train import check_command_line
+    """`refusal(*arguments, family="algorithmic")` -> (exit code, stderr) of the pre-launch check
+    that `python -m grokking.train *arguments` (family "lm": `python -m grokking.lm`) runs before
+    Hydra writes anything, run in this process with the working directory `tmp_path/work` (the
+    same function the command calls first)."""
+    from grokking.lm import COMMAND as LM_COMMAND
+    from grokking.train import COMMAND
 
+    commands = {"algorithmic": COMMAND, "lm": LM_COMMAND}
     cwd = tmp_path / "work"
     cwd.mkdir()
     monkeypatch.chdir(cwd)
 
-    def check(*arguments: str) -> tuple[int, str]:
+    def check(*arguments: str, family: str = "algorithmic") -> tuple[int, str]:
         capsys.readouterr()
         with pytest.raises(SystemExit) as exited:
-            check_command_line(list(arguments))
+            commands[family].check_command_line(list(arguments))
         return exited.value.code, capsys.readouterr().err
 
     return check

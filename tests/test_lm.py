@@ -5,6 +5,7 @@ refusals."""
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -130,9 +131,16 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path, tiny_run, corpus_dir)
         ("model.width=3", "model.width: not a config key"),
     ],
 )
-def test_bad_values_are_refused_before_anything_is_written(tmp_path, override, message):
-    result = run_cli(*override.split(), cwd=tmp_path, module="grokking.lm")
-    assert result.returncode == 2 and message in result.stderr, result.stderr
+def test_bad_values_are_refused_before_anything_is_written(refusal, override, message):
+    code, stderr = refusal(*override.split(), family="lm")
+    assert code == 2 and message in stderr, stderr
+    assert not any(Path.cwd().iterdir())
+
+
+def test_the_command_line_refuses_in_one_line(tmp_path):
+    result = run_cli("optim.lr=-1", cwd=tmp_path, module="grokking.lm")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: optim.lr: must be a finite number > 0, got -1.0"
     assert not (tmp_path / "outputs").exists()
 
 

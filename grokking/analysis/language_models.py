@@ -191,7 +191,9 @@ def table2(results: LMResults) -> tuple[pd.DataFrame, pd.DataFrame]:
     wide = cells.pivot(index="run", columns="window", values="cell").fillna("")
     wide.columns = [f"w{n}" for n in wide.columns]
     labels = tidy.drop_duplicates("run").set_index("run")["label"]
-    return wide.join(labels).set_index("label", append=True), tidy
+    if labels.is_unique:  # name the rows as the figures' legends do
+        wide.index = labels.loc[wide.index].to_numpy()
+    return wide, tidy
 
 
 def runs_table(results: LMResults) -> pd.DataFrame:
