@@ -1,7 +1,7 @@
 """What a language-model run costs on this machine, measured in one process: tokens/s of a
-training step at the default size, the share of the unembedding's LAR in a step (it is computed
-at every step, from the step's own forward pass), the cost of an evaluation and the share of
-every matrix's LAR in it, and each sweep file's projected wall time.
+training step at the default size with Adam and with Muon, the share of the unembedding's LAR in
+a step (it is computed at every step, from the step's own forward pass), the cost of an
+evaluation and the share of every matrix's LAR in it, and each sweep file's projected wall time.
 
     python benchmarks/lm_cost.py                # the default config, one thread
     python benchmarks/lm_cost.py --steps 40 --threads 2 data.train_tokens=200000
@@ -39,7 +39,8 @@ def seconds(work, repeats: int) -> float:
 
 def lar_share(engine: LMEngine, repeats: int) -> tuple[float, float]:
     """(seconds of one step's LAR, seconds of a step): the probe's work on the unembedding's
-    captured input and output of a training batch, and a whole step."""
+    captured input and output of a training batch, and a whole step (forward, backward, clip,
+    the optimizers)."""
     captured = {}
     head = engine.model.get_output_embeddings()
     hook = head.register_forward_hook(lambda m, a, out: captured.update(x=a[0], y=out))
@@ -54,13 +55,13 @@ def lar_share(engine: LMEngine, repeats: int) -> tuple[float, float]:
     return seconds(lar_work, repeats * 5), step_s
 
 
-def projected_sweep_minutes(path: Path, per_run_s: float, cores: int) -> tuple[int, float]:
-    """(runs, minutes) of a sweep file whose runs each take `per_run_s`, `cores` at a time."""
+def sweep_runs(path: Path) -> list[dict]:
+    """Each run of a sweep file as {key: value} of its swept keys."""
     params = yaml.safe_load(path.read_text())["hydra"]["sweeper"]["params"]
-    runs = 1
-    for values in params.values():
-        runs *= len(str(values).split(","))
-    return runs, -(-runs // cores) * per_run_s / 60
+    runs = [{}]
+    for key, values in params.items():
+        runs = [run | {key: value} for run in runs for value in str(values).split(",")]
+    return runs
 
 
 def main() -> None:
@@ -71,11 +72,14 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="config overrides, as on the command line")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    cfg = load_config(["eval_every=25", "token_budget=2000000", *args.overrides])
-    start = time.perf_counter()
-    engine = LMEngine([cfg], torch.device("cpu"))
-    setup_s = time.perf_counter() - start
-    lar_s, step_s = lar_share(engine, args.steps)
+    step_s, lar_s = {}, {}
+    for optimizer in ("adam", "muon"):
+        cfg = load_config(["eval_every=25", "token_budget=2000000", f"optim={optimizer}",
+                           *args.overrides])  # fmt: skip
+        start = time.perf_counter()
+        engine = LMEngine([cfg], torch.device("cpu"))
+        setup_s = setup_s if step_s else time.perf_counter() - start  # the data: once
+        lar_s[optimizer], step_s[optimizer] = lar_share(engine, args.steps)
     eval_all_s = seconds(engine.evaluate, 3)
     cfg.lar_layers = LarLayers.unembed
     eval_unembed_s = seconds(engine.evaluate, 3)
@@ -86,8 +90,13 @@ def main() -> None:
         f"{cfg.model.n_layers} layers, context {cfg.model.context}, batch {cfg.batch_size}, "
         f"{args.threads} thread(s); corpus {engine.data.meta['n_tokens']:,} tokens"
     )
-    print(f"training step: {step_s * 1e3:.0f} ms = {tokens / step_s:,.0f} tokens/s")
-    print(f"unembedding LAR at every step: {lar_s * 1e3:.2f} ms = {lar_s / step_s:.2%} of a step")
+    for optimizer, seconds_per_step in step_s.items():
+        share = lar_s[optimizer] / seconds_per_step
+        print(
+            f"training step, {optimizer}: {seconds_per_step * 1e3:.0f} ms = "
+            f"{tokens / seconds_per_step:,.0f} tokens/s; the unembedding's LAR at every step "
+            f"{lar_s[optimizer] * 1e3:.2f} ms = {share:.2%} of it"
+        )
     print(
         f"evaluation ({cfg.val_batches} x {cfg.batch_size} validation sequences + the probe "
         f"batch): {eval_all_s:.2f} s with every matrix's LAR, {eval_unembed_s:.2f} s with the "
@@ -99,11 +108,18 @@ def main() -> None:
         sweep = yaml.safe_load(path.read_text())
         steps = sweep.get("token_budget", cfg.token_budget) // tokens
         evals = steps // sweep.get("eval_every", cfg.eval_every) + 1
-        per_run_s = setup_s + steps * step_s + evals * eval_all_s
-        runs, minutes = projected_sweep_minutes(path, per_run_s, args.cores)
+        runs = [
+            setup_s + steps * step_s[run.get("optim", "adam")] + evals * eval_all_s
+            for run in sweep_runs(path)
+        ]
+        # the launcher hands runs to `cores` workers as they free up: longest first bounds it
+        finish = [0.0] * args.cores
+        for run_s in sorted(runs, reverse=True):
+            finish[finish.index(min(finish))] += run_s
         print(
-            f"{path.stem}: {runs} runs x {per_run_s / 60:.1f} min ({steps} steps, {evals} "
-            f"evaluations) = {minutes:.0f} min on {args.cores} cores"
+            f"{path.stem}: {len(runs)} runs, {min(runs) / 60:.1f}-{max(runs) / 60:.1f} min each "
+            f"({steps} steps, {evals} evaluations): ~{max(finish) / 60:.0f} min on "
+            f"{args.cores} cores"
         )
 
 
