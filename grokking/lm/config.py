@@ -11,11 +11,9 @@ from typing import ClassVar, Optional
 
 from omegaconf import DictConfig
 
+from grokking.lm.corpus import MAX_VOCAB_SIZE, MIN_VOCAB_SIZE
 from grokking.runs import config as run_config
 from grokking.runs.config import MAX_SEED, RunConfig, require, validate_run
-
-MAX_VOCAB = 65_535  # token ids are stored as uint16
-MIN_VOCAB = 258  # the 256 byte tokens, the end-of-document token, and one merge
 
 
 class OptimizerName(enum.Enum):
@@ -99,8 +97,9 @@ def validate(cfg: LMConfig) -> None:
     validate_run(cfg)
     d, m, o = cfg.data, cfg.model, cfg.optim
     require(
-        MIN_VOCAB <= d.vocab_size <= MAX_VOCAB,
-        f"data.vocab_size: must be an integer in [{MIN_VOCAB}, {MAX_VOCAB}], got {d.vocab_size}",
+        MIN_VOCAB_SIZE <= d.vocab_size <= MAX_VOCAB_SIZE,
+        f"data.vocab_size: must be an integer in [{MIN_VOCAB_SIZE}, {MAX_VOCAB_SIZE}], "
+        f"got {d.vocab_size}",
     )
     require(0 < d.val_fraction < 1, f"data.val_fraction: must lie in (0, 1), got {d.val_fraction}")
     for name in ("split_seed", "subset_seed"):
