@@ -55,6 +55,25 @@ def test_a_tiny_run_through_the_command_line_writes_its_folder(tiny_run):
     assert "stopping at step 60: reached the token budget" in (run.path / "train.log").read_text()
 
 
+def test_a_run_resumes_only_on_the_data_it_started_on(tiny_run):
+    from grokking.lm import load_config
+    from grokking.lm.record import LMRecord
+
+    run, _ = tiny_run
+    saved = run.load_checkpoint("last")
+    cfg = load_config([f"{key}={value}" for key, value in _flat_config(run).items()])
+    record = LMRecord(cfg, run.path, torch.device("cpu"))
+    assert record.family_problem(saved) is None
+    problem = record.family_problem(saved | {"train_hash": "0123"})
+    assert problem.startswith("it trained on other data (training-set hash 0123, now ")
+
+
+def _flat_config(run: RunDir) -> dict:
+    config = pd.json_normalize(run.read_summary()["config"], sep=".").iloc[0].to_dict()
+    keep = ("data.", "model.", "token_budget", "batch_size", "val_batches", "eval_every")
+    return {k: ("null" if v is None else v) for k, v in config.items() if k.startswith(keep)}
+
+
 def test_lar_starts_near_one_half_at_initialisation(tiny_run):
     run, _ = tiny_run
     first = run.read_metrics().iloc[0]

@@ -59,6 +59,20 @@ class LMRecord(RunRecord):
             model = build_model(self.cfg.model, self.data.meta["vocab_size"], self.cfg.seed)
         return {name: tensor.shape for name, tensor in model.state_dict().items()}
 
+    def family_state(self) -> dict:
+        return {"train_hash": self.data.meta["train_hash"]}
+
+    def family_problem(self, saved: dict) -> str | None:
+        """A run resumes on the very tokens it started on: not after the corpus, Python's
+        standard library or the tokenizer changed under it."""
+        now = self.data.meta["train_hash"]
+        if saved.get("train_hash") != now:
+            return (
+                f"it trained on other data (training-set hash {saved.get('train_hash')}, now "
+                f"{now}: the corpus, the Python version or the tokenizer changed)"
+            )
+        return None
+
     def after_unit(self, result: dict) -> None:
         super().after_unit(result)
         step = self.clock.step
