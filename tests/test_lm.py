@@ -16,7 +16,7 @@ from grokking.lar import LARProbe, lar
 from grokking.lm.config import LMConfig, OptimConfig, OptimizerName
 from grokking.lm.model import build_model, matrix_role
 from grokking.lm.optim import lr_factor, make_optimizers, split_parameters
-from grokking.runs.rundir import RunDir
+from grokking.runs.rundir import RunDir, find_runs
 
 
 @pytest.fixture(scope="module")
@@ -273,10 +273,7 @@ def test_a_sweep_of_both_optimizers_runs_on_the_launchers(tmp_path, corpus_dir, 
         cwd=tmp_path, module="grokking.lm", timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    summaries = {
-        run.path.name: run.read_summary()
-        for run in map(RunDir, (tmp_path / "sweep").glob("*optim=*"))
-    }
+    summaries = {run.path.name: run.read_summary() for run in find_runs(tmp_path / "sweep")}
     assert sorted(s["optimizer"] for s in summaries.values()) == ["adam", "muon"]
     assert all(s["status"] == "completed" and s["final_step"] == 10 for s in summaries.values())
     assert len([p for p in cache.iterdir() if p.is_dir()]) == 1  # tokenized once, then reused
