@@ -15,8 +15,10 @@ from grokking.algorithmic.config import LarLayers, TrainConfig, from_dict
 from grokking.algorithmic.tasks import TASK_NAMES
 from grokking.runs.config import ConfigError, to_dict
 
-# the grokking sweeps (lm_* are python -m grokking.lm's: tests/test_lm.py)
-SWEEP_FILES = sorted(p.stem for p in (REPO / "sweeps").glob("*.yaml") if p.stem[:3] != "lm_")
+# every sweep file (Hydra's group), and the grokking ones --help lists (lm_* are python -m
+# grokking.lm's: tests/test_lm.py)
+ALL_SWEEP_FILES = sorted(p.stem for p in (REPO / "sweeps").glob("*.yaml"))
+SWEEP_FILES = [name for name in ALL_SWEEP_FILES if not name.startswith("lm_")]
 
 
 def test_help_lists_the_tasks_and_the_sweep_files(tmp_path):
@@ -47,7 +49,7 @@ def test_help_lists_the_tasks_and_the_sweep_files(tmp_path):
         (["train_fraction=abc"], "train_fraction: must be a number, got 'abc'"),
         (["task.p=abc"], "task.p: must be an integer or null, got 'abc'"),
         (["lar_layers=some"], "lar_layers: must be one of unembed, all, got 'some'"),
-        (["+sweeps=nosuch"], "sweeps: no option 'nosuch'; allowed: " + ", ".join(SWEEP_FILES)),
+        (["+sweeps=nosuch"], "sweeps: no option 'nosuch'; allowed: " + ", ".join(ALL_SWEEP_FILES)),
         (["hydra/launcher=nosuch"], "hydra/launcher: no option 'nosuch'; allowed: basic,"),
         (["seed==1"], "seed==1: not an override; write key=value, +key=value or ~key"),
         (["seed=0,1"], "seed: several values need a sweep (-m, or +sweeps=NAME);"),
