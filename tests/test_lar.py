@@ -276,3 +276,11 @@ def test_probes_on_gpt2_conv1d_layers_equal_lar_on_their_captured_inputs():
 def test_importing_the_package_does_not_import_transformers():
     code = "import sys, grokking.lar; assert 'transformers' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_spectral_summary_names_its_columns_in_order():
+    from grokking.lar import SPECTRAL_SUMMARY, summary_from_spectra
+
+    p = torch.tensor([0.8, 0.6], dtype=torch.float64)
+    summary = summary_from_spectra(p, p.flip(0), torch.tensor([2.0, 1.0], dtype=torch.float64))
+    assert tuple(summary) == SPECTRAL_SUMMARY

@@ -11,6 +11,7 @@ import torch
 from grokking.algorithmic.config import TrainConfig
 from grokking.algorithmic.model import Transformer
 from grokking.algorithmic.tasks import make_dataset, train_size
+from grokking.lar import SPECTRAL_SUMMARY
 from grokking.runs.record import RunRecord
 
 
@@ -57,18 +58,7 @@ class GrokkingRecord(RunRecord):
         "train_acc",
         "val_loss",
         "val_acc",
-        # the unembedding, over the whole training set (lar.summary_from_spectra)
-        "lar",
-        "k_lar",
-        "p1q1",
-        "residual",
-        "p_norm2",
-        "q_norm2",
-        "renyi2_p",
-        "renyi2_q",
-        "rho",
-        "stable_rank",
-        "effective_rank",
+        *SPECTRAL_SUMMARY,  # the unembedding, over the whole training set
     ]
     MATRIX_COLUMNS = ["epoch", "step", "name", "layer", "role", "lar"]
     RESUME_FIELDS = RunRecord.RESUME_FIELDS | {

@@ -3,6 +3,7 @@ PyTorch model without the rest of the project. Every experiment family imports i
 none of them."""
 
 from grokking.lar.metric import (
+    SPECTRAL_SUMMARY,
     LARProbe,
     ProbeSet,
     attach_probes,
@@ -24,6 +25,7 @@ from grokking.lar.metric import (
 )
 
 __all__ = [
+    "SPECTRAL_SUMMARY",
     "LARProbe",
     "ProbeSet",
     "attach_probes",

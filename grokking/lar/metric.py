@@ -104,6 +104,22 @@ def k_lar(lar_value: float, n: int) -> float:
     return float(n) ** (2.0 * (1.0 - lar_value))
 
 
+# The keys of `summary_from_spectra`, in order: the columns both families' tables hold.
+SPECTRAL_SUMMARY = (
+    "lar",
+    "k_lar",
+    "p1q1",
+    "residual",
+    "p_norm2",
+    "q_norm2",
+    "renyi2_p",
+    "renyi2_q",
+    "rho",
+    "stable_rank",
+    "effective_rank",
+)
+
+
 def summary_from_spectra(p: torch.Tensor, q: torch.Tensor, s: torch.Tensor) -> dict[str, float]:
     """The spectral quantities the paper reads off p, q and s (docs/method.md §1)."""
     n = len(p)

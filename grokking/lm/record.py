@@ -9,6 +9,7 @@ import math
 
 import torch
 
+from grokking.lar import SPECTRAL_SUMMARY
 from grokking.lm.config import LMConfig
 from grokking.lm.data import Dataset, dataset
 from grokking.lm.model import build_model
@@ -32,17 +33,8 @@ class LMRecord(RunRecord):
         # at evaluations: the validation batch, then the fixed probe batch of training windows
         "val_loss",
         "probe_loss",
-        "probe_lar",
-        "k_lar",
-        "p1q1",
-        "residual",
-        "p_norm2",
-        "q_norm2",
-        "renyi2_p",
-        "renyi2_q",
-        "rho",
-        "stable_rank",
-        "effective_rank",
+        "probe_lar",  # the unembedding's summary on the probe batch, its `lar` renamed
+        *SPECTRAL_SUMMARY[1:],
         "p1",  # the top singular direction's share of p (weights) and of q (activations)
         "q1",
     ]
