@@ -1,0 +1,212 @@
+"""Validation-free alarms fed one LAR value at a time (docs/method.md §5).
+
+No alarm sees validation data or a baseline run: each reads the LAR of the layer it watches
+(the unembedding, on the training batches or the training set) and, for the generalization
+alarm, the training accuracy. Each is online: `update(step, lar, ...)` returns True once, at the
+value where its rule first holds, and the alarm stays fired after that (`fired_at`, `reason`).
+
+- `GeneralizationAlarm` (grokking): the paper's §4 reading, LAR rises when the representation
+  concentrates as the model generalizes. Once the training accuracy has reached `memorized`, it
+  tracks LAR's lowest value since; it fires when LAR has stayed at least `rise` above that low
+  for `patience` consecutive values.
+- `OverfittingAlarm` (pre-training): LAR peaks at the end of warm-up and then declines, further
+  the more the model memorizes its training set (§5: final LAR is ordered by training-set size).
+  It fires when LAR's mean over the last `window` values has fallen back a fraction `retreat` of
+  the way from its peak to 1/2, the value of LAR for isotropic inputs (SPEC: LAR = 1/2 when q is
+  uniform): the representation has given back that much of its concentration.
+- `AcceleratingDeclineAlarm`: the paper's own words, "LAR's decline accelerates before
+  overfitting", as a rule (a recent slope steeper than the gentlest post-peak slope by a
+  factor); kept for comparison, since at laptop scale the decline never steepens.
+
+The defaults were tuned on some runs and scored on others (docs/results.md, "The alarm").
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+import numpy as np
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+class Alarm:
+    """What every alarm shares: the fired state and the check on each value fed."""
+
+    rule = ""
+    needs: tuple[str, ...] = ()  # what `update` takes by keyword besides LAR
+
+    def __init__(self) -> None:
+        self.fired_at: int | None = None
+        self.reason = ""
+
+    @property
+    def fired(self) -> bool:
+        return self.fired_at is not None
+
+    def _fire(self, step: int, reason: str) -> bool:
+        self.fired_at, self.reason = step, reason
+        return True
+
+    @staticmethod
+    def _check(step: int, lar: float) -> bool:
+        """False for a value the rules skip (NaN: a step whose probe recorded nothing)."""
+        _require(isinstance(step, int | np.integer), f"step: must be an int, got {step!r}")
+        return math.isfinite(lar)
+
+
+class RiseAlarm(Alarm):
+    """Fires when a value has stayed at least `rise` above the lowest value fed before it for
+    `patience` consecutive values: a departure upwards from the low, whatever the signal."""
+
+    rule = "rise"
+
+    def __init__(self, rise: float = 0.03, patience: int = 2):
+        _require(rise > 0, f"rise: must be > 0, got {rise}")
+        _require(patience >= 1, f"patience: must be ≥ 1, got {patience}")
+        super().__init__()
+        self.rise, self.patience = rise, patience
+        self.low = math.inf
+        self.above = 0  # consecutive values at least `rise` above the low
+
+    def update(self, step: int, value: float) -> bool:
+        """Feed a value at `step`; True when the alarm fires here."""
+        if self.fired or not self._check(step, value):
+            return False
+        if value < self.low + self.rise:
+            self.low = min(self.low, value)
+            self.above = 0
+            return False
+        self.above += 1
+        if self.above < self.patience:
+            return False
+        return self._fire(
+            step,
+            f"{value:.4f} has stayed ≥ {self.rise:g} above its low {self.low:.4f} for "
+            f"{self.patience} values",
+        )
+
+
+class GeneralizationAlarm(RiseAlarm):
+    """A `RiseAlarm` on LAR armed when the training accuracy first reaches `memorized`: fires
+    when LAR has stayed `rise` above its lowest value since memorization for `patience`
+    consecutive values."""
+
+    rule = "generalization"
+    needs = ("train_acc",)
+
+    def __init__(self, rise: float = 0.03, memorized: float = 0.99, patience: int = 2):
+        _require(0 < memorized <= 1, f"memorized: must be in (0, 1], got {memorized}")
+        super().__init__(rise, patience)
+        self.memorized = memorized
+        self.memorized_at: int | None = None
+
+    def update(self, step: int, lar: float, *, train_acc: float) -> bool:
+        """Feed LAR and the training accuracy at `step`; True when the alarm fires here."""
+        if self.memorized_at is None:
+            if not train_acc >= self.memorized:
+                return False
+            self.memorized_at = step
+        if not super().update(step, lar):
+            return False
+        self.reason += f", since memorization at step {self.memorized_at}"
+        return True
+
+
+class OverfittingAlarm(Alarm):
+    """Fires when LAR, averaged over the last `window` values, has fallen back a fraction
+    `retreat` of the way from its highest average (the peak) to 1/2, its value for isotropic
+    inputs; armed once that peak has reached `min_peak`."""
+
+    rule = "overfitting"
+
+    def __init__(self, retreat: float = 0.64, window: int = 10, min_peak: float = 0.55):
+        _require(0 < retreat < 1, f"retreat: must be in (0, 1), got {retreat}")
+        _require(window >= 1, f"window: must be ≥ 1 value, got {window}")
+        _require(0.5 < min_peak < 1, f"min_peak: must be in (0.5, 1), got {min_peak}")
+        super().__init__()
+        self.retreat, self.window, self.min_peak = retreat, window, min_peak
+        self.recent: deque[float] = deque(maxlen=window)
+        self.peak = -math.inf  # the highest `window`-mean so far
+
+    def update(self, step: int, lar: float) -> bool:
+        """Feed LAR at `step`; True when the alarm fires here."""
+        if self.fired or not self._check(step, lar):
+            return False
+        self.recent.append(lar)
+        if len(self.recent) < self.window:
+            return False
+        mean = sum(self.recent) / self.window
+        self.peak = max(self.peak, mean)
+        floor = 0.5 + (1 - self.retreat) * (self.peak - 0.5)
+        if self.peak < self.min_peak or mean > floor:
+            return False
+        return self._fire(
+            step,
+            f"LAR's {self.window}-value mean {mean:.4f} has fallen {self.retreat:.0%} of the way "
+            f"from its peak {self.peak:.4f} to 1/2",
+        )
+
+
+class AcceleratingDeclineAlarm(Alarm):
+    """The paper's reading of §5 taken literally, kept for comparison (it never fired on the
+    language-model runs it was tuned on: at laptop scale LAR's decline only slows). Fires when
+    LAR's decline over the last `window` values is ≥ `factor` × the gentlest decline seen since
+    `settle` values after its peak, and ≥ `min_decline` per value."""
+
+    rule = "accelerating decline"
+
+    def __init__(
+        self, window: int = 50, factor: float = 2.0, min_decline: float = 1e-4, settle: int = 50
+    ):
+        _require(window >= 3, f"window: must be ≥ 3 values, got {window}")
+        _require(factor >= 1, f"factor: must be ≥ 1, got {factor}")
+        _require(min_decline >= 0, f"min_decline: must be ≥ 0, got {min_decline}")
+        _require(settle >= 0, f"settle: must be ≥ 0, got {settle}")
+        super().__init__()
+        self.window, self.factor, self.min_decline, self.settle = window, factor, min_decline, settle
+        self.recent: deque[float] = deque(maxlen=window)
+        self.peak = -math.inf
+        self.since_peak = 0  # values fed since the peak
+        self.gentlest = math.inf  # the smallest decline per value seen after settling
+
+    def _decline(self) -> float:
+        """Minus the least-squares slope of the last `window` values, per value fed (not per
+        step: a run evaluated every k steps gives the same rates as one evaluated every step)."""
+        values = np.fromiter(self.recent, dtype=float)
+        return -float(np.polyfit(np.arange(len(values), dtype=float), values, 1)[0])
+
+    def update(self, step: int, lar: float) -> bool:
+        """Feed LAR at `step`; True when the alarm fires here."""
+        if self.fired or not self._check(step, lar):
+            return False
+        self.recent.append(lar)
+        if lar > self.peak:
+            self.peak, self.since_peak, self.gentlest = lar, 0, math.inf
+            return False
+        self.since_peak += 1
+        if self.since_peak < self.settle + self.window:
+            return False
+        decline = self._decline()
+        if decline >= max(self.factor * self.gentlest, self.min_decline):
+            return self._fire(
+                step,
+                f"LAR's decline {decline:.2e} per value over the last {self.window} values is "
+                f"≥ {self.factor:g} × its gentlest since the peak ({self.gentlest:.2e})",
+            )
+        self.gentlest = min(self.gentlest, max(decline, 0.0))
+        return False
+
+
+def first_firing(alarm: Alarm, steps, lars, **signals) -> int | None:
+    """Feed a whole curve to a fresh `alarm` in order; the step it fires at, or None. `signals`
+    are sequences the alarm's `update` takes by keyword (train_acc=...), aligned with `steps`."""
+    names = list(signals)
+    for i, (step, value) in enumerate(zip(steps, lars, strict=True)):
+        if alarm.update(int(step), float(value), **{name: signals[name][i] for name in names}):
+            return alarm.fired_at
+    return None
