@@ -168,7 +168,8 @@ class AcceleratingDeclineAlarm(Alarm):
         _require(min_decline >= 0, f"min_decline: must be ≥ 0, got {min_decline}")
         _require(settle >= 0, f"settle: must be ≥ 0, got {settle}")
         super().__init__()
-        self.window, self.factor, self.min_decline, self.settle = window, factor, min_decline, settle
+        self.window, self.factor = window, factor
+        self.min_decline, self.settle = min_decline, settle
         self.recent: deque[float] = deque(maxlen=window)
         self.peak = -math.inf
         self.since_peak = 0  # values fed since the peak
