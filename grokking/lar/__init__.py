@@ -1,7 +1,15 @@
-"""The log-alignment ratio (LAR): the metric and its spectral forms (`metric`), usable on any
-PyTorch model without the rest of the project. Every experiment family imports it; it imports
-none of them."""
+"""The log-alignment ratio (LAR): the metric and its spectral forms (`metric`) and the
+validation-free alarms it feeds (`alarm`), usable on any PyTorch model without the rest of the
+project. Every experiment family imports it; it imports none of them."""
 
+from grokking.lar.alarm import (
+    AcceleratingDeclineAlarm,
+    Alarm,
+    GeneralizationAlarm,
+    OverfittingAlarm,
+    RiseAlarm,
+    first_firing,
+)
 from grokking.lar.metric import (
     SPECTRAL_SUMMARY,
     LARProbe,
@@ -25,6 +33,12 @@ from grokking.lar.metric import (
 )
 
 __all__ = [
+    "AcceleratingDeclineAlarm",
+    "Alarm",
+    "GeneralizationAlarm",
+    "OverfittingAlarm",
+    "RiseAlarm",
+    "first_firing",
     "SPECTRAL_SUMMARY",
     "LARProbe",
     "ProbeSet",

@@ -1,0 +1,93 @@
+"""LAR in the HuggingFace `Trainer`: `LARCallback` measures the unembedding's LAR (and optionally
+every dense layer's) at every optimizer step, logs it through the trainer's own logging, and
+raises the validation-free alarm (grokking.lar.alarm) once.
+
+    trainer = Trainer(model, args, train_dataset=..., callbacks=[LARCallback()])
+
+What reaches the logs: at each logging step (`logging_steps`), `lar` is the mean LAR over the
+optimizer steps since the last log (as `loss` is the mean loss), `lar_alarm` is 1 from the step
+the alarm fires on, and `lar/<layer>` each dense layer's mean LAR with `every_linear=True`. They
+go into `trainer.state.log_history` and to every reporter of `report_to` (TensorBoard, W&B, …).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+
+from transformers import TrainerCallback
+from transformers.trainer_callback import CallbackHandler
+
+from grokking.integrations.watch import LARWatch, log
+from grokking.lar.alarm import Alarm
+
+
+class LARCallback(TrainerCallback):
+    """`module`: the qualified name of the layer to watch (default: the model's
+    `get_output_embeddings()`, else its last nn.Linear or Conv1D); `every_linear`: log every
+    dense layer's LAR too; `alarm`: True (the overfitting alarm at its defaults), False, or an
+    alarm fed LAR alone; `stop_on_alarm`: end training when it fires."""
+
+    def __init__(
+        self,
+        module: str | None = None,
+        every_linear: bool = False,
+        alarm: Alarm | bool = True,
+        stop_on_alarm: bool = False,
+    ):
+        self.watch = LARWatch(module, every_linear, alarm)
+        self.stop_on_alarm = stop_on_alarm
+        self.pending: list[dict[str, float]] = []  # each step's values since the last log
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        _run_before_the_reporters(self)  # here, not at init: add_callback() comes after init
+        self.watch.attach(model)
+        self.pending.clear()
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.watch.begin_step()
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        # after the step's last backward pass, before the optimizer moves the weights
+        self.pending.append(self.watch.end_step(state.global_step + 1))
+        if self.stop_on_alarm and self.watch.alarm is not None and self.watch.alarm.fired:
+            control.should_training_stop = True
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs is None or "loss" not in logs or not self.pending:
+            return  # an evaluation's or the final summary's log: no training steps in it
+        means = {key: _mean([row[key] for row in self.pending]) for key in self.pending[-1]}
+        self.pending.clear()
+        logs.update(means)  # the reporters after this callback read this very dict
+        if state.log_history and state.log_history[-1].get("step") == state.global_step:
+            state.log_history[-1].update(means)  # the trainer copied `logs` there before on_log
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.watch.remove()
+
+
+def _mean(values: list[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else math.nan
+
+
+def _run_before_the_reporters(callback: LARCallback) -> None:
+    """Move `callback` to the front of its trainer's callbacks, so its `on_log` adds LAR to the
+    `logs` dict before the reporters (TensorBoardCallback, WandbCallback, …) write that dict out:
+    the trainer puts user callbacks after them, and a reporter reads `logs` only once. The
+    trainer hands its callbacks no reference to their handler, so the handler is found up the
+    stack: the `CallbackHandler` whose `call_event` is dispatching `on_train_begin`. Moving the
+    callback while `call_event` loops over the list calls no callback twice and skips none: the
+    ones before it shift one place on, behind the loop's index."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        handler = frame.f_locals.get("self")
+        if isinstance(handler, CallbackHandler) and callback in handler.callbacks:
+            handler.callbacks.remove(callback)
+            handler.callbacks.insert(0, callback)
+            return
+        frame = frame.f_back
+    log.warning(
+        "LARCallback could not place itself before the trainer's reporters: LAR reaches "
+        "trainer.state.log_history, but maybe not TensorBoard or W&B"
+    )

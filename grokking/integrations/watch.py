@@ -1,0 +1,116 @@
+"""What both training-loop callbacks share: which layer to watch, the forward hooks that measure
+LAR at every optimizer step, and the validation-free alarm fed those values."""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+
+from torch import nn
+
+from grokking.lar import LARProbe, ProbeSet, probed_matrix
+from grokking.lar.alarm import Alarm, OverfittingAlarm
+
+log = logging.getLogger("grokking.integrations")
+
+LAR_KEY = "lar"  # the watched layer's LAR
+ALARM_KEY = "lar_alarm"  # 0 until the alarm fires, 1 from that step on
+
+
+def find_layer(model: nn.Module, name: str | None = None) -> tuple[str, nn.Module]:
+    """The layer to watch and its qualified name: `name` if given; else the layer the model calls
+    its output embeddings (`get_output_embeddings()`, the unembedding of a HuggingFace model);
+    else the model's last `nn.Linear` (or GPT-2 style `Conv1D`) in registration order."""
+    layers = [(n, m) for n, m in model.named_modules() if probed_matrix(m) is not None]
+    if name is not None:
+        for layer_name, layer in layers:
+            if layer_name == name:
+                return layer_name, layer
+        raise ValueError(
+            f"module: {name!r} is not an nn.Linear or Conv1D of the model; it has "
+            f"{[n for n, _ in layers]}"
+        )
+    getter = getattr(model, "get_output_embeddings", None)
+    output = getter() if callable(getter) else None
+    for layer_name, layer in layers:
+        if layer is output:
+            return layer_name, layer
+    if not layers:
+        raise ValueError(f"the model ({type(model).__name__}) has no nn.Linear or Conv1D to watch")
+    return layers[-1]
+
+
+def _alarm(alarm: Alarm | bool) -> Alarm | None:
+    """True: the overfitting alarm at its defaults; False: none; an alarm: that one. An alarm
+    that needs more than LAR (the generalization alarm reads training accuracy, which a trainer
+    does not hand its callbacks) is refused here, before training starts."""
+    if alarm is True:
+        return OverfittingAlarm()
+    if alarm is False:
+        return None
+    if not isinstance(alarm, Alarm) or alarm.needs:
+        raise ValueError(
+            f"alarm: must be True, False or an alarm fed LAR alone (OverfittingAlarm, "
+            f"AcceleratingDeclineAlarm), got {alarm!r}"
+        )
+    return alarm
+
+
+class LARWatch:
+    """Probes on a model (the watched layer, and optionally every dense layer) that measure LAR
+    over each optimizer step's forward passes (all its micro-batches), and the alarm they feed.
+
+    Call `begin_step()` before a step's first forward pass and `end_step(step)` after its last
+    backward pass, before the optimizer changes the weights (LAR pairs the forward pass's outputs
+    with the weights that made them). Evaluation passes in between are dropped by the next
+    `begin_step()`."""
+
+    def __init__(
+        self,
+        module: str | None = None,
+        every_linear: bool = False,
+        alarm: Alarm | bool = True,
+    ):
+        self.module_name = module
+        self.every_linear = every_linear
+        self.alarm = _alarm(alarm)
+        self.probe: LARProbe | None = None
+        self.others: ProbeSet | None = None
+        self.layer_name = ""
+
+    def attach(self, model: nn.Module) -> None:
+        if self.probe is not None:  # a second fit on the same callback: watch the model anew
+            self.remove()
+        self.layer_name, layer = find_layer(model, self.module_name)
+        self.probe = LARProbe(layer, record_with_grad=True)
+        if self.every_linear:
+            self.others = ProbeSet(model, "*", record_with_grad=True)
+        log.info("LAR watches %s (%s)", self.layer_name, type(layer).__name__)
+
+    def remove(self) -> None:
+        for probes in (self.probe, self.others):
+            if probes is not None:
+                probes.remove()
+        self.probe = self.others = None
+
+    def begin_step(self) -> None:
+        self.probe.reset()
+        if self.others is not None:
+            self.others.reset()
+
+    def end_step(self, step: int) -> dict[str, float]:
+        """The step's values to log: LAR, the alarm's flag, and each dense layer's LAR; feeds the
+        alarm (a warning once, when it fires)."""
+        value = self.probe.value() if self.probe.rows else math.nan
+        values = {LAR_KEY: value}
+        if self.alarm is not None:
+            if self.alarm.update(step, value):
+                message = f"LAR alarm at step {step} ({self.alarm.rule}): {self.alarm.reason}"
+                log.warning(message)
+                warnings.warn(message, stacklevel=2)
+            values[ALARM_KEY] = float(self.alarm.fired)
+        if self.others is not None:
+            for name, probe in self.others:
+                values[f"{LAR_KEY}/{name}"] = probe.value() if probe.rows else math.nan
+        return values

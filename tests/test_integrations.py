@@ -1,0 +1,227 @@
+"""LAR in the training loops people use: the HuggingFace Trainer callback (its values reach the
+log history and TensorBoard, equal to lar() on the step's inputs) and the Lightning callback
+(its values reach a CSVLogger's metrics.csv); the layer each one watches; the alarm's flag,
+warning and stop."""
+
+import warnings
+
+import pandas as pd
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch import nn
+
+from grokking.integrations.watch import LARWatch, find_layer
+from grokking.lar import Alarm, GeneralizationAlarm, lar
+
+transformers = pytest.importorskip("transformers")
+lightning = pytest.importorskip("lightning")
+
+VOCAB, CONTEXT = 64, 16
+
+
+class FiresAt(Alarm):
+    """An alarm fed LAR alone that fires at a given step."""
+
+    rule = "test"
+
+    def __init__(self, step: int):
+        super().__init__()
+        self.at = step
+
+    def update(self, step, lar):
+        return step == self.at and self._fire(step, "the test's step")
+
+
+class InputsOf:
+    """Every input (and the weight [out, in] it met) of a layer's forward passes with grad."""
+
+    def __init__(self, layer: nn.Module, transpose: bool = False):
+        self.calls = []
+        self.transpose = transpose
+        layer.register_forward_hook(self.keep)
+
+    def keep(self, module, args, output):
+        if torch.is_grad_enabled():
+            weight = module.weight.detach().clone()
+            self.calls.append((weight.T if self.transpose else weight, args[0].detach().clone()))
+
+
+def tiny_gpt2():
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(
+        vocab_size=VOCAB, n_positions=CONTEXT, n_embd=32, n_layer=1, n_head=2
+    )
+    return transformers.GPT2LMHeadModel(config)
+
+
+def token_data(rows: int = 32):
+    generator = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, VOCAB, (rows, CONTEXT), generator=generator)
+    return [{"input_ids": row, "labels": row} for row in ids]
+
+
+def hf_trainer(tmp_path, model, callback, **arguments):
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "hf"),
+        per_device_train_batch_size=4,
+        save_strategy="no",
+        use_cpu=True,
+        report_to="tensorboard",
+        disable_tqdm=True,
+        **({"max_steps": 4, "logging_steps": 1} | arguments),
+    )
+    return transformers.Trainer(model=model, args=args, train_dataset=token_data(),
+                                callbacks=[callback])  # fmt: skip
+
+
+def tensorboard_scalars(folder, tag: str) -> dict[int, float]:
+    (events,) = folder.rglob("events.out.tfevents.*")
+    accumulator = EventAccumulator(str(events))
+    accumulator.Reload()
+    return {event.step: event.value for event in accumulator.Scalars(tag)}
+
+
+def test_hf_lar_reaches_the_log_history_and_tensorboard_equal_to_lar_of_the_step(tmp_path):
+    from grokking.integrations.huggingface import LARCallback
+
+    model = tiny_gpt2()
+    seen = InputsOf(model.lm_head)
+    trainer = hf_trainer(tmp_path, model, LARCallback())
+    trainer.train()
+    # the probe reads the model's float32 outputs, lar() recomputes them in float64: 1e-6 apart
+    expected = {step + 1: lar(weight, inputs) for step, (weight, inputs) in enumerate(seen.calls)}
+    assert len(expected) == 4
+    history = {row["step"]: row for row in trainer.state.log_history if "lar" in row}
+    assert {step: row["lar"] for step, row in history.items()} == pytest.approx(expected, rel=1e-6)
+    assert all(row["lar_alarm"] == 0.0 for row in history.values())
+    logged = tensorboard_scalars(tmp_path / "hf", "train/lar")
+    assert logged == pytest.approx(expected, rel=1e-6)  # TensorBoard stores float32 too
+
+
+def test_hf_lar_of_a_step_spans_its_accumulated_micro_batches(tmp_path):
+    from grokking.integrations.huggingface import LARCallback
+
+    model = tiny_gpt2()
+    seen = InputsOf(model.lm_head)
+    trainer = hf_trainer(tmp_path, model, LARCallback(), max_steps=2,
+                         gradient_accumulation_steps=2)  # fmt: skip
+    trainer.train()
+    (weight, first), (_, second) = seen.calls[:2]  # step 1's two micro-batches, same weight
+    history = [row for row in trainer.state.log_history if "lar" in row]
+    assert history[0]["step"] == 1
+    assert history[0]["lar"] == pytest.approx(lar(weight, torch.cat([first, second])), rel=1e-6)
+
+
+def test_hf_every_linear_logs_each_conv1d_and_the_mean_over_logging_steps(tmp_path):
+    from grokking.integrations.huggingface import LARCallback
+
+    model = tiny_gpt2()
+    seen = InputsOf(model.transformer.h[0].mlp.c_fc, transpose=True)  # Conv1D: W stored [in, out]
+    trainer = hf_trainer(tmp_path, model, LARCallback(every_linear=True), logging_steps=2)
+    trainer.train()
+    rows = [row for row in trainer.state.log_history if "lar" in row]
+    assert [row["step"] for row in rows] == [2, 4]
+    name = "lar/transformer.h.0.mlp.c_fc"
+    first_two = [lar(weight, inputs) for weight, inputs in seen.calls[:2]]
+    assert rows[0][name] == pytest.approx(sum(first_two) / 2, rel=1e-6)
+    assert {key for key in rows[0] if key.startswith("lar/")} == {
+        f"lar/{n}" for n, m in model.named_modules()
+        if isinstance(m, (nn.Linear, transformers.pytorch_utils.Conv1D))
+    }  # fmt: skip
+
+
+def test_hf_alarm_flags_the_logs_warns_once_and_can_stop_training(tmp_path):
+    from grokking.integrations.huggingface import LARCallback
+
+    trainer = hf_trainer(tmp_path, tiny_gpt2(), LARCallback(alarm=FiresAt(2), stop_on_alarm=True),
+                         max_steps=6)  # fmt: skip
+    with pytest.warns(UserWarning, match="LAR alarm at step 2 \\(test\\)") as caught:
+        trainer.train()
+    assert sum("LAR alarm" in str(w.message) for w in caught) == 1
+    flags = {row["step"]: row["lar_alarm"] for row in trainer.state.log_history if "lar" in row}
+    assert flags == {1: 0.0, 2: 1.0}  # stopped at the step it fired on
+    assert trainer.state.global_step == 2
+
+
+def test_an_alarm_that_needs_more_than_lar_is_refused():
+    with pytest.raises(ValueError, match="alarm: must be True, False or an alarm fed LAR alone"):
+        LARWatch(alarm=GeneralizationAlarm())
+
+
+class Headless(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16))
+        self.head = nn.Linear(16, 4)
+        self.side = nn.Linear(4, 4)  # registered last, never the output
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+def test_the_watched_layer_is_the_output_embedding_a_named_one_or_the_last_linear():
+    assert find_layer(tiny_gpt2())[0] == "lm_head"
+    assert find_layer(Headless(), "head")[0] == "head"
+    assert find_layer(Headless())[0] == "side"  # no get_output_embeddings: the last nn.Linear
+    with pytest.raises(ValueError, match="module: 'heads' is not an nn.Linear or Conv1D.*'head'"):
+        find_layer(Headless(), "heads")
+    with pytest.raises(ValueError, match="has no nn.Linear or Conv1D"):
+        find_layer(nn.Sequential(nn.ReLU()))
+
+
+class Classifier(lightning.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.net = Headless()
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.cross_entropy(self.net(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def lightning_fit(tmp_path, callback, max_steps=5):
+    from lightning.pytorch.loggers import CSVLogger
+
+    torch.manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(64, 8), torch.randint(0, 4, (64,)))
+    module = Classifier()
+    seen = InputsOf(module.net.head)
+    trainer = lightning.Trainer(
+        max_steps=max_steps, logger=CSVLogger(tmp_path), callbacks=[callback],
+        log_every_n_steps=1, accelerator="cpu", enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=8))
+    (csv,) = tmp_path.rglob("metrics.csv")
+    return trainer, seen, pd.read_csv(csv)
+
+
+def test_lightning_lar_reaches_the_csv_logger_equal_to_lar_of_the_step(tmp_path):
+    from grokking.integrations.lightning import LARCallback
+
+    _, seen, metrics = lightning_fit(tmp_path, LARCallback(module="net.head"))
+    assert list(metrics["step"]) == [0, 1, 2, 3, 4]
+    expected = [lar(weight, inputs) for weight, inputs in seen.calls]
+    assert list(metrics["lar"]) == pytest.approx(expected, rel=1e-6)
+    assert (metrics["lar_alarm"] == 0).all()
+
+
+def test_lightning_alarm_flags_the_log_and_stops(tmp_path):
+    from grokking.integrations.lightning import LARCallback
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer, _, metrics = lightning_fit(
+            tmp_path, LARCallback(every_linear=True, alarm=FiresAt(2), stop_on_alarm=True)
+        )
+    assert [str(w.message) for w in caught if "LAR alarm" in str(w.message)] == [
+        "LAR alarm at step 2 (test): the test's step"
+    ]
+    assert list(metrics["lar_alarm"]) == [0, 0, 1]
+    assert trainer.global_step == 3  # the step it fired on was the last
+    assert {"lar/net.body.0", "lar/net.body.2", "lar/net.head"} <= set(metrics)
+    assert "lar/net.side" not in metrics  # never called: no value, rather than a NaN column
