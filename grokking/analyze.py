@@ -1,13 +1,17 @@
 """`python -m grokking.analyze DIR [DIR ...]`: Table 1, the per-task table and the paper's
 figures from every grokking run under the given directories, and the §5 analysis (the overfitting
 step, Figures 4–8, Table 2) of every language-model run there; a folder holding both analyses each.
+For either family, the validation-free alarms and their baselines are scored against the truth
+from validation (grokking.analysis.alarms).
 
 Writes into `--out` (default: `<first DIR>-analysis`, beside it) and prints where:
   grokking runs: runs.parquet, metrics.parquet, matrix_lar.parquet, checkpoint_measures.parquet,
-    table1.{md,tex,csv}, per_task.{md,tex,csv}, figure1_<group>, curves_<group>, figure2,
+    baseline_measures.parquet, table1.{md,tex,csv}, per_task.{md,tex,csv},
+    alarm_grokking{,_summary}.{md,tex,csv}, figure1_<group>, curves_<group>, figure2,
     figure3, figure9, ranks_<group>, matrices_<group> (.png and .pdf)
   language models: lm_runs.parquet, lm_metrics.parquet, lm_matrix_lar.parquet,
     lm_overfitting.{md,tex,csv}, lm_correlations.{md,tex,csv}, table2.{md,tex,csv},
+    alarm_lm{,_summary}.{md,tex,csv},
     figure4 ... figure8, lm_ranks (.png and .pdf)
 """
 
@@ -19,9 +23,10 @@ import sys
 from pathlib import Path
 
 import matplotlib
+import pandas as pd
 
 matplotlib.use("Agg")  # the command writes files; it never needs a display
-from grokking.analysis import figures, language_models  # noqa: E402
+from grokking.analysis import alarms, baselines, figures, language_models  # noqa: E402
 from grokking.analysis.collect import NothingToAnalyse, collect  # noqa: E402
 from grokking.analysis.measure import measure_all  # noqa: E402
 from grokking.analysis.tables import (  # noqa: E402
@@ -80,6 +85,8 @@ def analyze(dirs: list[Path], out: Path, pca_threshold: float = 0.95, figure2_ru
         written |= _write_grokking(*grokking, out, figure2_runs)
     if not lm.runs.empty:
         written |= language_models.write(lm, out)
+        scores = alarms.score_lm(lm.runs, lm.metrics)
+        written |= _write_alarms(scores, out, "alarm_lm", "The alarms against the overfitting step")
         left = "; ".join(f"{run} ({why})" for run, why in lm.left_out)
         analysed = f"{len(lm.runs)} language-model runs analysed"
         print(analysed + (f"; left out: {left}" if left else ""))
@@ -91,17 +98,29 @@ def _measure_grokking(dirs: list[Path], pca_threshold: float):
     results = collect(*dirs)
     results.require_runs(dirs)
     measures = measure_all(results, pca_threshold)
+    at_checkpoints = baselines.measure_all(results)
     results.require_runs(dirs)
-    return results, measures
+    return results, measures, at_checkpoints
 
 
-def _write_grokking(results, measures, out: Path, figure2_runs) -> dict:
+def _write_alarms(scores: pd.DataFrame, out: Path, name: str, title: str) -> dict:
+    """The per-run scores of the alarms and baselines, and their summary."""
+    write_table(alarms.display(scores), out, name, tidy=scores)
+    outcomes = alarms.summary(scores)
+    write_table(outcomes, out, f"{name}_summary", tidy=outcomes.reset_index())
+    print(f"{title}:")
+    print(outcomes.to_markdown(), end="\n\n")
+    return {name: out / f"{name}.csv", f"{name}_summary": out / f"{name}_summary.csv"}
+
+
+def _write_grokking(results, measures, at_checkpoints, out: Path, figure2_runs) -> dict:
     written = {}
     for name, frame in (
         ("runs", results.runs),
         ("metrics", results.metrics),
         ("matrix_lar", results.matrix_lar),
         ("checkpoint_measures", measures),
+        ("baseline_measures", at_checkpoints),
     ):
         written[name] = out / f"{name}.parquet"
         frame.to_parquet(written[name], index=False)
@@ -113,6 +132,8 @@ def _write_grokking(results, measures, out: Path, figure2_runs) -> dict:
     write_table(per_task_display(per_task), out, "per_task", tidy=per_task)
     print("Table 1 — RMSE(k_LAR, PC95), runs behind each cell:")
     print(wide.to_markdown(), end="\n\n")
+    scores = alarms.score_grokking(results.runs, results.metrics, at_checkpoints)
+    written |= _write_alarms(scores, out, "alarm_grokking", "The alarms against the grokking epoch")
 
     groups = results.runs["group"].unique()
     chosen = figure2_runs or figures.choose_runs(results.runs)

@@ -7,11 +7,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO, run_cli
+from conftest import REPO, completed_summaries, run_cli
 
 from grokking.analysis import collect, measure_run, pc95, table1
 from grokking.analysis.tables import table1_wide, write_table
-from grokking.runs.rundir import RunDir
+from grokking.lar import GeneralizationAlarm, first_firing
+from grokking.runs.rundir import MEASURES, RunDir
 
 
 def activations_with_variances(variances, n=128, rows=400, seed=0):
@@ -106,6 +107,7 @@ def test_written_tables_have_no_row_numbers_or_stray_headers(tmp_path):
 
 DENSE = ["-m", "task.p=11", "model.d_model=32", "model.n_heads=2", "model.d_ff=64"]
 DENSE += ["eval_every=1", "max_epochs=6", "batch_size=8,32,128", "threads=1"]
+DENSE += ["checkpoint_every=2"]  # the baselines of the alarms are measured at these
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +127,12 @@ FILES = [
     "metrics.parquet",
     "matrix_lar.parquet",
     "checkpoint_measures.parquet",
-    *[f"{table}.{suffix}" for table in ("table1", "per_task") for suffix in ("md", "tex", "csv")],
+    "baseline_measures.parquet",
+    *[
+        f"{table}.{suffix}"
+        for table in ("table1", "per_task", "alarm_grokking", "alarm_grokking_summary")
+        for suffix in ("md", "tex", "csv")
+    ],
     *[
         f"{figure}.{suffix}"
         for figure in ["figure1_smoke", "figure1_single_runs", "figure2", "figure3", "figure9"]
@@ -151,11 +158,40 @@ def test_analyze_writes_every_table_and_figure(analysed):
     assert "7 runs analysed" in result.stdout
 
 
+def test_alarms_are_scored_on_runs_that_grok_and_runs_that_do_not(analysed):
+    cwd, result = analysed
+    out = cwd / "outputs" / "sweeps" / "smoke-analysis"
+    scores = pd.read_csv(out / "alarm_grokking.csv")
+    lar_alarm = scores[scores["detector"] == "LAR: generalization alarm"].set_index("run")
+    smoke = completed_summaries(cwd / "outputs" / "sweeps" / "smoke")
+    assert len(smoke) == 4
+    for name, summary in smoke.items():
+        row = lar_alarm.loc[f"smoke/{name}"]
+        metrics = RunDir(cwd / "outputs" / "sweeps" / "smoke" / name).read_metrics()
+        fired = first_firing(GeneralizationAlarm(), metrics["epoch"], metrics["lar"],
+                             train_acc=metrics["train_acc"].to_numpy())  # fmt: skip
+        assert (None if pd.isna(row["fired"]) else row["fired"]) == fired
+        if summary["grokking_epoch"] is None:  # subtraction: never groks
+            assert pd.isna(row["truth"]) and row["outcome"] in {"silent", "false alarm"}
+        else:
+            assert row["truth"] == summary["grokking_epoch"]
+            assert row["outcome"] in {"within 10 %", "early", "late", "missed"}
+    assert "The alarms against the grokking epoch:" in result.stdout
+    # the runs with periodic checkpoints have their baselines measured at each one
+    measured = pd.read_parquet(out / "baseline_measures.parquet")
+    dense = measured[measured["run"].str.startswith("dense/")]
+    assert sorted(dense.groupby("run")["epoch"].apply(tuple)) == [(2, 4, 6)] * 3
+    assert dense["rankme"].between(1, 32).all() and dense["ww_alpha"].notna().all()
+    assert dense.loc[dense["epoch"] == 4, "ww_alpha_mean"].notna().all()  # every 2nd checkpoint
+    detectors = set(scores.loc[scores["run"].str.startswith("dense/"), "detector"])
+    assert {"RankMe of the inputs (falls)", "WeightWatcher mean α < 2"} <= detectors
+
+
 def test_checkpoint_measures_agree_with_the_trainer(analysed):
     cwd, _ = analysed
     for summary in (cwd / "outputs" / "sweeps" / "smoke").glob("*/summary.json"):
         run = RunDir(summary.parent)
-        measures = run.read_measures().set_index("kind")
+        measures = run.read_cache(MEASURES, "kind").set_index("kind")
         last = run.read_metrics().iloc[-1]
         assert measures.loc["final", "epoch"] == last["epoch"]
         assert measures.loc["final", "lar"] == pytest.approx(last["lar"], abs=1e-6)

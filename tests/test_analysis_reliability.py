@@ -160,11 +160,11 @@ def test_no_measurable_run_is_a_clear_error_that_writes_nothing(smoke_copy, tmp_
 def test_read_only_run_folders_are_analysed_without_a_cache(
     smoke_copy, tmp_path, monkeypatch, caplog
 ):
-    def refuse(self, frame):
-        raise PermissionError(13, "Permission denied", str(self.path / MEASURES))
+    def refuse(self, name, frame):
+        raise PermissionError(13, "Permission denied", str(self.path / name))
 
     # a read-only folder, even for root (who may write to any folder chmod makes read-only)
-    monkeypatch.setattr(RunDir, "write_measures", refuse)
+    monkeypatch.setattr(RunDir, "write_cache", refuse)
     with caplog.at_level(logging.WARNING, logger="grokking.analysis"):
         analyze([smoke_copy], tmp_path / "out")
     assert len(pd.read_parquet(tmp_path / "out" / "runs.parquet")) == 4

@@ -24,3 +24,27 @@ def test_lar_on_your_model_example_runs_and_shows_lar_rising_from_one_half():
         assert abs(float(row[5]) - 0.5) < 0.05, name  # ≈ 1/2 at initialisation
     assert float(rows["4"][4]) > 0.7  # the trained head aligns with its inputs
     assert lines[7].startswith("head: LAR ")
+
+
+def run_example(name: str, *arguments) -> list[str]:
+    result = subprocess.run(
+        [sys.executable, str(REPO / "examples" / name), *map(str, arguments)],
+        capture_output=True, text=True, timeout=300, check=True,
+    )  # fmt: skip
+    return result.stdout.splitlines()
+
+
+def test_huggingface_trainer_example_logs_lar_at_each_logging_step(tmp_path):
+    lines = [
+        line for line in run_example("huggingface_trainer.py", tmp_path) if line[:5] == "step "
+    ]
+    assert [line.split()[1] for line in lines] == ["5", "10", "15", "20"]
+    assert all(0.3 < float(line.split()[5]) < 1 and line.endswith("alarm 0") for line in lines)
+    assert list(tmp_path.rglob("events.out.tfevents.*"))  # the TensorBoard reporter wrote
+
+
+def test_lightning_example_logs_every_dense_layer(tmp_path):
+    lines = run_example("lightning_module.py", tmp_path)
+    assert lines[-7].split() == ["step", "lar", "lar/body.0", "lar/body.2", "lar_alarm"]
+    assert [line.split()[0] for line in lines[-6:]] == ["0", "8", "16", "24", "32", "40"]
+    assert (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").is_file()

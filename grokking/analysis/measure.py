@@ -18,7 +18,7 @@ from sklearn.decomposition import PCA
 from grokking.algorithmic.build import build, load_model, run_config
 from grokking.analysis.collect import Results, reason
 from grokking.lar import LARProbe, k_lar, summary_from_spectra
-from grokking.runs.rundir import CHECKPOINT_KINDS, RunDir
+from grokking.runs.rundir import CHECKPOINT_KINDS, MEASURES, RunDir
 
 log = logging.getLogger("grokking.analysis")
 
@@ -64,7 +64,7 @@ def measure_run(run: RunDir, threshold: float = 0.95) -> pd.DataFrame:
         return cached
     frame = pd.DataFrame([measure_checkpoint(run, kind, threshold) for kind in kinds])
     try:
-        run.write_measures(frame)
+        run.write_cache(MEASURES, frame)
     except OSError as error:  # read-only results: the measures are still good, just not kept
         log.warning("not caching the measures of %s (%s)", run.path, reason(error))
     return frame
@@ -72,7 +72,7 @@ def measure_run(run: RunDir, threshold: float = 0.95) -> pd.DataFrame:
 
 def _read_cache(run: RunDir) -> pd.DataFrame | None:
     try:
-        return run.read_measures()
+        return run.read_cache(MEASURES, "kind")
     except Exception as error:  # a damaged cache is measured afresh, never trusted
         log.warning("ignoring the measure cache of %s (%s)", run.path, reason(error))
         return None

@@ -8,6 +8,8 @@ through it: the format lives here and nowhere else.
                               the family record's METRIC_COLUMNS
       matrix_lar.parquet      one row per evaluation × probed matrix (its MATRIX_COLUMNS)
       checkpoint_measures.parquet   the analysis' cache: PC95, LAR, p, q per checkpoint
+      baseline_measures.parquet     the analysis' cache: WeightWatcher's α and RankMe per
+                              checkpoints/epoch_N.pt (analysis/baselines.py)
       checkpoints/
         memorization.pt       {"model": state_dict, "epoch": int}
         grokking.pt           same, when the run grokked
@@ -54,6 +56,7 @@ SUMMARY = "summary.json"
 METRICS = "metrics.parquet"
 MATRIX_LAR = "matrix_lar.parquet"
 MEASURES = "checkpoint_measures.parquet"  # the analysis' cache (analysis/measure.py)
+BASELINES = "baseline_measures.parquet"  # the analysis' cache (analysis/baselines.py)
 CHECKPOINT_KINDS = ("memorization", "grokking", "final")
 LOCK = ".lock"
 LOG = "train.log"
@@ -355,14 +358,15 @@ class RunDir:
     def read_matrix_lar(self) -> pd.DataFrame:
         return self._read_table(MATRIX_LAR, ["step", "name", "lar"])
 
-    def read_measures(self) -> pd.DataFrame | None:
-        """The analysis' cache, None when absent; DamagedFile when it cannot be read back."""
-        if not os.path.lexists(self.path / MEASURES):
+    def read_cache(self, name: str, key: str) -> pd.DataFrame | None:
+        """An analysis cache (MEASURES keyed by "kind", BASELINES by "epoch"), None when absent;
+        DamagedFile when it cannot be read back."""
+        if not os.path.lexists(self.path / name):
             return None
-        return self._read_table(MEASURES, ["kind"], todo="delete it; the analysis remakes it")
+        return self._read_table(name, [key], todo="delete it; the analysis remakes it")
 
-    def write_measures(self, frame: pd.DataFrame) -> None:
-        self._write_table(MEASURES, frame)
+    def write_cache(self, name: str, frame: pd.DataFrame) -> None:
+        self._write_table(name, frame)
 
     def _write_table(self, name: str, frame: pd.DataFrame) -> None:
         atomic_write(self.path / name, lambda tmp: frame.to_parquet(tmp, index=False))

@@ -1,0 +1,155 @@
+"""The baselines the alarms are scored beside, measured at a grokking run's periodic checkpoints
+(`checkpoint_every`: checkpoints/epoch_N.pt): WeightWatcher's power-law exponent α of the
+unembedding and its mean over every dense layer (its own rule: α < 2 reads "over-trained"), and
+RankMe (Garrido et al.) of the unembedding's inputs over the training set. The weights' effective
+rank (Roy and Vetterli) and stable rank need no checkpoint: every evaluation records them.
+
+Results are cached in the run folder (baseline_measures.parquet), like analysis/measure.py's;
+WeightWatcher takes ~0.3 s per layer, so the mean over the dense layers is measured at every
+`DENSE_EVERY`-th checkpoint only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import math
+import re
+import time
+
+import pandas as pd
+import torch
+from torch import nn
+
+from grokking.algorithmic.build import build, load_model, run_config
+from grokking.analysis.collect import Results, reason
+from grokking.lar import LARProbe
+from grokking.runs.rundir import BASELINES, RunDir
+
+log = logging.getLogger("grokking.analysis")
+
+DENSE_EVERY = 2  # the mean α over the dense layers at every 2nd periodic checkpoint
+COLUMNS = ["epoch", "ww_alpha", "ww_alpha_mean", "rankme"]
+
+
+def rankme(input_gram: torch.Tensor) -> float:
+    """RankMe of inputs X from XᵀX: exp of the entropy of X's singular values σ normalised to
+    sum 1 (σ² are XᵀX's eigenvalues)."""
+    sigma = torch.linalg.eigvalsh(input_gram.double()).clamp(min=0).sqrt()
+    shares = sigma / sigma.sum()
+    shares = shares[shares > 0]
+    return math.exp(-(shares * shares.log()).sum().item())
+
+
+def ww_alphas(model: nn.Module) -> pd.Series:
+    """WeightWatcher's α of each layer of `model` it fits (NaN where its fit fails), by name."""
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints which SVD it uses on import
+        import weightwatcher  # here: only the baselines need it, and it is slow to import
+
+    logging.getLogger("weightwatcher").setLevel(logging.ERROR)  # a line per layer otherwise
+    details = weightwatcher.WeightWatcher(model=model).analyze()
+    dense = details[details["layer_type"].astype(str).str.contains("dense", case=False)]
+    return pd.to_numeric(dense.set_index("name")["alpha"], errors="coerce")
+
+
+def periodic_epochs(run: RunDir) -> list[int]:
+    """The epochs of the run's checkpoints/epoch_N.pt, in order."""
+    found = (re.fullmatch(r"epoch_(\d+)\.pt", p.name) for p in run.checkpoint_dir.glob("*.pt"))
+    return sorted(int(match[1]) for match in found if match)
+
+
+def measure_checkpoint(run: RunDir, epoch: int, train_x: torch.Tensor, dense: bool) -> dict:
+    model = load_model(run, f"epoch_{epoch}")
+    with LARProbe(model.unembed, keep_gram=True) as probe, torch.no_grad():
+        for chunk in train_x.split(2048):
+            model(chunk)
+        gram = probe.gram
+    return {
+        "epoch": epoch,
+        "ww_alpha": ww_alphas(nn.ModuleList([model.unembed])).iloc[0],
+        "ww_alpha_mean": ww_alphas(model).mean() if dense else math.nan,
+        "rankme": rankme(gram),
+    }
+
+
+def measure_run(run: RunDir) -> pd.DataFrame:
+    """The baselines at every periodic checkpoint of a run (empty without any); cached."""
+    epochs = periodic_epochs(run)
+    cached = _read_cache(run)
+    if cached is not None and list(cached["epoch"]) == epochs:
+        return cached
+    if not epochs:
+        return pd.DataFrame(columns=COLUMNS)
+    (train_x, *_), _ = build(run_config(run))
+    rows = [
+        measure_checkpoint(run, epoch, train_x, dense=i % DENSE_EVERY == DENSE_EVERY - 1)
+        for i, epoch in enumerate(epochs)
+    ]
+    frame = pd.DataFrame(rows, columns=COLUMNS)
+    try:
+        run.write_cache(BASELINES, frame)
+    except OSError as error:  # read-only results: measured, just not kept
+        log.warning("not caching the baselines of %s (%s)", run.path, reason(error))
+    return frame
+
+
+def measure_all(results: Results) -> pd.DataFrame:
+    """`measure_run` for every completed run, with `run`. A run whose checkpoints cannot be
+    measured is taken out of `results` (every table) with its reason."""
+    frames = []
+    for run, path in results.runs[["run", "path"]].itertuples(index=False):
+        try:
+            frames.append(measure_run(RunDir(path)).assign(run=run))
+        except Exception as error:  # a truncated, crafted or missing checkpoint
+            results.skip(run, f"cannot measure its baselines: {reason(error, path)}")
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
+
+
+def _read_cache(run: RunDir) -> pd.DataFrame | None:
+    try:
+        return run.read_cache(BASELINES, "epoch")
+    except Exception as error:  # a damaged cache is measured afresh, never trusted
+        log.warning("ignoring the baseline cache of %s (%s)", run.path, reason(error))
+        return None
+
+
+def costs(run: RunDir, repeats: int = 3) -> pd.DataFrame:
+    """Seconds per call of each signal at one checkpoint of `run` (its last periodic one), each
+    the best of `repeats`: the forward pass over the training set that LAR and RankMe read, then
+    what each signal adds to it (the weights' ranks need only the weight)."""
+    epoch = periodic_epochs(run)[-1]
+    model = load_model(run, f"epoch_{epoch}")
+    (train_x, *_), _ = build(run_config(run))
+    probe = LARProbe(model.unembed, keep_gram=True)
+
+    def forward():
+        probe.reset()
+        with torch.no_grad():
+            for chunk in train_x.split(2048):
+                model(chunk)
+
+    weight = model.unembed.weight.detach()
+    calls = {
+        "forward pass over the training set (LAR's and RankMe's inputs)": forward,
+        "LAR (from the forward pass's sums)": probe.value,
+        "RankMe of the unembedding's inputs (from XᵀX)": lambda: rankme(probe.gram),
+        "effective and stable rank of the unembedding (its SVD)": lambda: torch.linalg.svdvals(
+            weight
+        ),
+        "WeightWatcher α of the unembedding": lambda: ww_alphas(nn.ModuleList([model.unembed])),
+        "WeightWatcher α of every dense layer": lambda: ww_alphas(model),
+    }
+    forward()
+    rows = [{"signal": name, "seconds": _best_time(call, repeats)} for name, call in calls.items()]
+    probe.remove()
+    return pd.DataFrame(rows)
+
+
+def _best_time(call, repeats: int) -> float:
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        best = min(best, time.perf_counter() - start)
+    return best

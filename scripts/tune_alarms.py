@@ -1,0 +1,119 @@
+"""Tune each alarm and baseline rule on some runs, then score the chosen setting on the others.
+
+    python scripts/tune_alarms.py --grokking outputs/sweeps/alarm_grokking \
+        outputs/sweeps/alarm_silent --lm docs/lm_runs/lm_overfitting docs/lm_runs/lm_lr
+
+Tuning runs: the grokking runs of seed 0 (--tune-seed) and the language-model runs of one
+optimizer in the sweep `lm_overfitting` (--tune-optimizer adam); every other run is held out.
+For every detector of grokking.analysis.alarms and each setting of its grid, the tuning runs are
+scored (grokking: runs on time − false alarms − runs early or late; language models: runs at or
+before the overfitting step − false alarms − early ones; ties go to the smaller mean distance
+from the truth); the best setting is printed with its scores on the tuning and held-out runs.
+The settings chosen here are the defaults in grokking/lar/alarm.py and grokking/analysis/alarms.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+
+import pandas as pd
+
+from grokking.analysis import alarms, baselines, language_models
+from grokking.analysis.collect import collect
+from grokking.lar.alarm import (
+    AcceleratingDeclineAlarm,
+    GeneralizationAlarm,
+    OverfittingAlarm,
+    RiseAlarm,
+)
+from grokking.runs.rundir import RunDir
+
+RISES = (0.01, 0.02, 0.03, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5)
+DIRECTIONS = {"rises": alarms._log, "falls": alarms._minus_log}
+
+
+def grokking_grid():
+    """(detector family, Detector) for every setting tried on the grokking runs."""
+    for rise, patience in itertools.product((0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.08), (1, 2, 3)):
+        make = lambda r=rise, p=patience: GeneralizationAlarm(rise=r, patience=p)  # noqa: E731
+        yield "LAR", alarms.Detector(f"LAR rise={rise} patience={patience}", "lar", make)
+    for signal in ("effective_rank", "stable_rank", "rankme", "ww_alpha"):
+        for (direction, transform), rise in itertools.product(DIRECTIONS.items(), RISES):
+            make = lambda r=rise: GeneralizationAlarm(rise=r)  # noqa: E731
+            name = f"{signal} {direction} rise={rise}"
+            yield signal, alarms.Detector(name, signal, make, transform)
+
+
+def lm_grid():
+    for retreat, window in itertools.product((0.55, 0.6, 0.62, 0.64, 0.66, 0.7), (5, 10, 25, 50)):
+        make = lambda r=retreat, w=window: OverfittingAlarm(retreat=r, window=w)  # noqa: E731
+        yield "LAR", alarms.Detector(f"LAR retreat={retreat} window={window}", "lar", make)
+    for window, factor, least in itertools.product((25, 50, 100), (1.5, 2, 3, 4), (0, 1e-4, 4e-4)):
+        make = lambda w=window, f=factor, m=least: AcceleratingDeclineAlarm(  # noqa: E731
+            window=w, factor=f, min_decline=m
+        )
+        name = f"LAR accelerating window={window} factor={factor} min_decline={least}"
+        yield "LAR accelerating", alarms.Detector(name, "lar", make)
+    for signal in ("effective_rank", "stable_rank"):
+        for (direction, transform), rise in itertools.product(DIRECTIONS.items(), RISES):
+            make = lambda r=rise: RiseAlarm(rise=r)  # noqa: E731
+            yield signal, alarms.Detector(f"{signal} {direction} rise={rise}", signal, make,
+                                          transform)  # fmt: skip
+
+
+GOOD = {"within 10 %", "at or before", "silent"}
+BAD = {"false alarm", "early", "late", "missed"}
+
+
+def merit(scores: pd.DataFrame) -> tuple:
+    on_time = scores["outcome"].isin(GOOD - {"silent"}).sum()
+    false_alarms = (scores["outcome"] == "false alarm").sum()
+    off = scores["outcome"].isin({"early", "late"}).sum()
+    distance = scores["lead"].abs().mean()
+    return (on_time - false_alarms - off, -(distance if pd.notna(distance) else 1e9))
+
+
+def report(family: str, grid, score, tuning: set[str]) -> None:
+    best: dict[str, tuple] = {}
+    for kind, detector in grid:
+        scores = score([detector])
+        tune = scores[scores["run"].isin(tuning)]
+        key = merit(tune)
+        if kind not in best or key > best[kind][0]:
+            best[kind] = (key, detector, scores)
+    for kind, (_, detector, scores) in best.items():
+        print(f"\n{family} · {kind}: best setting {detector.name}")
+        scores = scores.assign(runs=scores["run"].isin(tuning).map({True: "tuned", False: "held"}))
+        print(pd.crosstab(scores["runs"], scores["outcome"]).to_string())
+        print(scores[["runs", "run", "fired", "truth", "outcome"]].to_string(index=False))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--grokking", nargs="*", default=[])
+    parser.add_argument("--lm", nargs="*", default=[])
+    parser.add_argument("--tune-seed", type=int, default=0)
+    parser.add_argument("--tune-optimizer", default="adam")
+    args = parser.parse_args()
+    if args.grokking:
+        results = collect(*args.grokking)
+        measured = [
+            baselines.measure_run(RunDir(path)).assign(run=run)
+            for run, path in results.runs[["run", "path"]].itertuples(index=False)
+        ]
+        at_checkpoints = pd.concat(measured, ignore_index=True)
+        tuning = set(results.runs.loc[results.runs["seed"] == args.tune_seed, "run"])
+        report("grokking", grokking_grid(), lambda detectors: alarms.score_grokking(
+            results.runs, results.metrics, at_checkpoints, detectors), tuning)  # fmt: skip
+    if args.lm:
+        lm = language_models.collect(*args.lm)
+        picked = (lm.runs["optimizer"] == args.tune_optimizer) & (
+            lm.runs["group"] == "lm_overfitting"
+        )
+        report("language models", lm_grid(), lambda detectors: alarms.score_lm(
+            lm.runs, lm.metrics, detectors), set(lm.runs.loc[picked, "run"]))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
