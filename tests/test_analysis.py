@@ -10,6 +10,7 @@ import torch
 from conftest import REPO, completed_summaries, run_cli
 
 from grokking.analysis import collect, measure_run, pc95, table1
+from grokking.analysis.baselines import costs, rankme
 from grokking.analysis.tables import table1_wide, write_table
 from grokking.lar import GeneralizationAlarm, first_firing
 from grokking.runs.rundir import MEASURES, RunDir
@@ -185,6 +186,23 @@ def test_alarms_are_scored_on_runs_that_grok_and_runs_that_do_not(analysed):
     assert dense.loc[dense["epoch"] == 4, "ww_alpha_mean"].notna().all()  # every 2nd checkpoint
     detectors = set(scores.loc[scores["run"].str.startswith("dense/"), "detector"])
     assert {"RankMe of the inputs (falls)", "WeightWatcher mean α < 2"} <= detectors
+
+
+def test_rankme_is_the_exponential_of_the_singular_values_entropy():
+    g = torch.Generator().manual_seed(0)
+    orthonormal, _ = torch.linalg.qr(torch.randn(200, 7, generator=g, dtype=torch.float64))
+    assert rankme((2.5 * orthonormal).T @ (2.5 * orthonormal)) == pytest.approx(7, rel=1e-9)
+    x = orthonormal[:, :2] * torch.tensor([3.0, 1.0], dtype=torch.float64)  # σ shares 3/4, 1/4
+    entropy = -(0.75 * np.log(0.75) + 0.25 * np.log(0.25))
+    assert rankme(x.T @ x) == pytest.approx(np.exp(entropy), rel=1e-9)
+
+
+def test_signal_costs_time_every_signal_of_a_checkpointed_run(analysed):
+    cwd, _ = analysed
+    run = next((cwd / "outputs" / "sweeps" / "dense").glob("*/summary.json")).parent
+    table = costs(RunDir(run), repeats=1)
+    assert len(table) == 6 and table["signal"].str.contains("WeightWatcher").sum() == 2
+    assert (table["seconds"] > 0).all()
 
 
 def test_checkpoint_measures_agree_with_the_trainer(analysed):
