@@ -29,13 +29,14 @@ from grokking.lar.alarm import (
 )
 from grokking.runs.rundir import RunDir
 
-RISES = (0.01, 0.02, 0.03, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5)
+RISES = (0.01, 0.02, 0.03, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5)  # of log(signal): baselines
+LAR_RISES = (0.01, 0.02, 0.03, 0.035, 0.04, 0.045, 0.05, 0.06, 0.08)
 DIRECTIONS = {"rises": alarms._log, "falls": alarms._minus_log}
 
 
 def grokking_grid():
     """(detector family, Detector) for every setting tried on the grokking runs."""
-    for rise, patience in itertools.product((0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.08), (1, 2, 3)):
+    for rise, patience in itertools.product(LAR_RISES, (1, 2, 3)):
         make = lambda r=rise, p=patience: GeneralizationAlarm(rise=r, patience=p)  # noqa: E731
         yield "LAR", alarms.Detector(f"LAR rise={rise} patience={patience}", "lar", make)
     for signal in ("effective_rank", "stable_rank", "rankme", "ww_alpha"):

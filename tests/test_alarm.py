@@ -51,6 +51,18 @@ def test_generalization_is_silent_on_curves_that_do_not_rise(curve):
     assert first_firing(GeneralizationAlarm(), STEPS, curve, train_acc=memorized_from(0)) is None
 
 
+def test_generalization_skips_a_loss_spike_after_memorization():
+    # flat at 0.6 after memorization at 40; at 100 the model forgets its training set for one
+    # evaluation (training accuracy 0.1) and LAR drops to 0.3, then both come back
+    lar = np.full(len(STEPS), 0.6)
+    lar[100] = 0.3
+    train_acc = memorized_from(40)
+    train_acc[100] = 0.1
+    alarm = GeneralizationAlarm()
+    assert first_firing(alarm, STEPS, lar, train_acc=train_acc) is None
+    assert alarm.low == 0.6 and alarm.memorized_at == 40
+
+
 def test_a_single_spike_does_not_fire_with_patience_2():
     lar = np.full(len(STEPS), 0.6)
     lar[100] = 0.7

@@ -8,7 +8,8 @@ value where its rule first holds, and the alarm stays fired after that (`fired_a
 - `GeneralizationAlarm` (grokking): the paper's §4 reading, LAR rises when the representation
   concentrates as the model generalizes. Once the training accuracy has reached `memorized`, it
   tracks LAR's lowest value since; it fires when LAR has stayed at least `rise` above that low
-  for `patience` consecutive values.
+  for `patience` consecutive values. Values at which the training accuracy has fallen back below
+  `memorized` (a loss spike) are skipped.
 - `OverfittingAlarm` (pre-training): LAR peaks at the end of warm-up and then declines, further
   the more the model memorizes its training set (§5: final LAR is ordered by training-set size).
   It fires when LAR's mean over the last `window` values has fallen back a fraction `retreat` of
@@ -106,10 +107,13 @@ class GeneralizationAlarm(RiseAlarm):
         self.memorized_at: int | None = None
 
     def update(self, step: int, lar: float, *, train_acc: float) -> bool:
-        """Feed LAR and the training accuracy at `step`; True when the alarm fires here."""
+        """Feed LAR and the training accuracy at `step`; True when the alarm fires here. A value
+        whose training accuracy is below `memorized` is skipped, before memorization and after
+        it: a loss spike (the model briefly forgets its training set, and LAR drops with it)
+        would otherwise become the low that every later value is measured from."""
+        if not train_acc >= self.memorized:
+            return False
         if self.memorized_at is None:
-            if not train_acc >= self.memorized:
-                return False
             self.memorized_at = step
         if not super().update(step, lar):
             return False
