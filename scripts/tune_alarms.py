@@ -30,7 +30,7 @@ from grokking.lar.alarm import (
 from grokking.runs.rundir import RunDir
 
 RISES = (0.01, 0.02, 0.03, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5)  # of log(signal): baselines
-LAR_RISES = (0.01, 0.02, 0.03, 0.035, 0.04, 0.045, 0.05, 0.06, 0.08)
+LAR_RISES = (0.02, 0.03, 0.035, 0.04, 0.045, 0.05, 0.055, 0.06, 0.065, 0.07, 0.08)
 DIRECTIONS = {"rises": alarms._log, "falls": alarms._minus_log}
 
 
@@ -90,6 +90,15 @@ def report(family: str, grid, score, tuning: set[str]) -> None:
         print(scores[["runs", "run", "fired", "truth", "outcome"]].to_string(index=False))
 
 
+def report_defaults(family: str, scores: pd.DataFrame, tuning: set[str]) -> None:
+    """The defaults' outcomes (grokking.analysis.alarms' detectors), tuning and held-out runs
+    apart: the tables of docs/results.md, "The alarm"."""
+    for runs, picked in (("tuning", True), ("held-out", False)):
+        part = scores[scores["run"].isin(tuning) == picked]
+        print(f"\n{family}, the defaults on the {runs} runs ({part['run'].nunique()}):")
+        print(alarms.summary(part).fillna(0).to_markdown())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--grokking", nargs="*", default=[])
@@ -105,15 +114,24 @@ def main() -> None:
         ]
         at_checkpoints = pd.concat(measured, ignore_index=True)
         tuning = set(results.runs.loc[results.runs["seed"] == args.tune_seed, "run"])
-        report("grokking", grokking_grid(), lambda detectors: alarms.score_grokking(
-            results.runs, results.metrics, at_checkpoints, detectors), tuning)  # fmt: skip
+
+        def score(detectors=alarms.GROKKING_DETECTORS):
+            return alarms.score_grokking(results.runs, results.metrics, at_checkpoints, detectors)
+
+        report("grokking", grokking_grid(), score, tuning)
+        report_defaults("grokking", score(), tuning)
     if args.lm:
         lm = language_models.collect(*args.lm)
         picked = (lm.runs["optimizer"] == args.tune_optimizer) & (
             lm.runs["group"] == "lm_overfitting"
         )
-        report("language models", lm_grid(), lambda detectors: alarms.score_lm(
-            lm.runs, lm.metrics, detectors), set(lm.runs.loc[picked, "run"]))  # fmt: skip
+        tuning = set(lm.runs.loc[picked, "run"])
+
+        def score_lm(detectors=alarms.LM_DETECTORS):
+            return alarms.score_lm(lm.runs, lm.metrics, detectors)
+
+        report("language models", lm_grid(), score_lm, tuning)
+        report_defaults("language models", score_lm(), tuning)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ Outcome: "at or before" the overfitting step (and not before the validation loss
 half-way reached in steps: "early" then), "late", "missed", "false alarm", "silent".
 
 The baselines: the rule of LAR's generalization alarm (grokking: a rise of `rise` above the low
-since memorization, held 2 values) or a plain rise above the low so far (language models), fed
+since memorization, with its patience) or a plain rise above the low so far (language models), fed
 log(signal) or −log(signal), whichever way the signal moves when the model generalizes (or
 overfits), with `rise` tuned on the same runs as LAR's alarms (scripts/tune_alarms.py); and
 WeightWatcher's own rule, α < 2.
@@ -85,10 +85,10 @@ def _minus_log(values):
 # Tuned on the tuning runs by scripts/tune_alarms.py (docs/results.md, "The alarm").
 GROKKING_DETECTORS = (
     Detector("LAR: generalization alarm", "lar", GeneralizationAlarm),
-    Detector("effective rank of W (falls)", "effective_rank", _memorized(0.15), _minus_log),
-    Detector("stable rank of W (falls)", "stable_rank", _memorized(0.3), _minus_log),
-    Detector("RankMe of the inputs (falls)", "rankme", _memorized(0.15), _minus_log),
-    Detector("WeightWatcher α of W (falls)", "ww_alpha", _memorized(0.15), _minus_log),
+    Detector("effective rank of W (falls)", "effective_rank", _memorized(0.2), _minus_log),
+    Detector("stable rank of W (rises)", "stable_rank", _memorized(0.3), _log),
+    Detector("RankMe of the inputs (falls)", "rankme", _memorized(0.3), _minus_log),
+    Detector("WeightWatcher α of W (falls)", "ww_alpha", _memorized(0.5), _minus_log),
     Detector("WeightWatcher α of W < 2", "ww_alpha", BelowAlarm),
     Detector("WeightWatcher mean α < 2", "ww_alpha_mean", BelowAlarm),
 )

@@ -17,7 +17,7 @@ value where its rule first holds, and the alarm stays fired after that (`fired_a
   uniform): the representation has given back that much of its concentration.
 - `AcceleratingDeclineAlarm`: the paper's own words, "LAR's decline accelerates before
   overfitting", as a rule (a recent slope steeper than the gentlest post-peak slope by a
-  factor); kept for comparison, since at laptop scale the decline never steepens.
+  factor); kept for comparison: at laptop scale the decline does not steepen before overfitting.
 
 The defaults were tuned on some runs and scored on others (docs/results.md, "The alarm").
 """
@@ -100,7 +100,7 @@ class GeneralizationAlarm(RiseAlarm):
     rule = "generalization"
     needs = ("train_acc",)
 
-    def __init__(self, rise: float = 0.03, memorized: float = 0.99, patience: int = 2):
+    def __init__(self, rise: float = 0.06, memorized: float = 0.99, patience: int = 1):
         _require(0 < memorized <= 1, f"memorized: must be in (0, 1], got {memorized}")
         super().__init__(rise, patience)
         self.memorized = memorized
