@@ -1,5 +1,6 @@
 import json
 import shutil
+import sys
 
 import jupytext
 import nbclient
@@ -9,11 +10,11 @@ import pytest
 import torch
 from conftest import REPO, completed_summaries, run_cli
 
-from grokking.analysis import collect, measure_run, pc95, table1
+from grokking.analysis import baselines, collect, measure_run, pc95, table1
 from grokking.analysis.baselines import costs, rankme
 from grokking.analysis.tables import table1_wide, write_table
 from grokking.lar import GeneralizationAlarm, first_firing
-from grokking.runs.rundir import MEASURES, RunDir
+from grokking.runs.rundir import BASELINES, MEASURES, RunDir
 
 
 def activations_with_variances(variances, n=128, rows=400, seed=0):
@@ -203,6 +204,25 @@ def test_signal_costs_time_every_signal_of_a_checkpointed_run(analysed):
     table = costs(RunDir(run), repeats=1)
     assert len(table) == 6 and table["signal"].str.contains("WeightWatcher").sum() == 2
     assert (table["seconds"] > 0).all()
+
+
+def test_baselines_are_measured_without_weightwatcher_and_not_cached(
+    analysed, tmp_path, monkeypatch, caplog
+):
+    cwd, _ = analysed
+    run = next((cwd / "outputs" / "sweeps" / "dense").glob("*/summary.json")).parent
+    copy = shutil.copytree(run, tmp_path / "run")
+    (copy / BASELINES).unlink()
+    monkeypatch.setitem(sys.modules, "weightwatcher", None)  # `import weightwatcher` fails
+    baselines._weightwatcher.cache_clear()
+    try:
+        frame = baselines.measure_run(RunDir(copy))
+    finally:
+        baselines._weightwatcher.cache_clear()
+    assert list(frame["epoch"]) == [2, 4, 6] and frame["rankme"].between(1, 32).all()
+    assert frame[["ww_alpha", "ww_alpha_mean"]].isna().all().all()
+    assert not (copy / BASELINES).exists()
+    assert "pip install 'grokking[baselines]'" in caplog.text
 
 
 def test_checkpoint_measures_agree_with_the_trainer(analysed):

@@ -4,14 +4,16 @@ unembedding and its mean over every dense layer (its own rule: α < 2 reads "ove
 RankMe (Garrido et al.) of the unembedding's inputs over the training set. The weights' effective
 rank (Roy and Vetterli) and stable rank need no checkpoint: every evaluation records them.
 
-Results are cached in the run folder (baseline_measures.parquet), like analysis/measure.py's;
-WeightWatcher takes ~0.3 s per layer, so the mean over the dense layers is measured at every
-`DENSE_EVERY`-th checkpoint only.
+Results are cached in the run folder (baseline_measures.parquet), like analysis/measure.py's.
+WeightWatcher is the slowest signal by far (benchmarks/signal_cost.py), so the mean over the
+dense layers is measured at every `DENSE_EVERY`-th checkpoint only. Without weightwatcher (the
+`baselines` extra) its columns are NaN and the alarms are scored without it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import math
@@ -42,12 +44,29 @@ def rankme(input_gram: torch.Tensor) -> float:
     return math.exp(-(shares * shares.log()).sum().item())
 
 
-def ww_alphas(model: nn.Module) -> pd.Series:
-    """WeightWatcher's α of each layer of `model` it fits (NaN where its fit fails), by name."""
-    with contextlib.redirect_stdout(io.StringIO()):  # it prints which SVD it uses on import
-        import weightwatcher  # here: only the baselines need it, and it is slow to import
-
+@functools.cache
+def _weightwatcher():
+    """The weightwatcher module, or None (with a warning, once) when it is not installed: the
+    other baselines are measured without it."""
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # it prints which SVD it uses on import
+            import weightwatcher  # here: only the baselines need it, and it is slow to import
+    except ImportError:
+        log.warning(
+            "weightwatcher is not installed (pip install 'grokking[baselines]'): its α is left "
+            "out of the alarms' baselines"
+        )
+        return None
     logging.getLogger("weightwatcher").setLevel(logging.ERROR)  # a line per layer otherwise
+    return weightwatcher
+
+
+def ww_alphas(model: nn.Module) -> pd.Series:
+    """WeightWatcher's α of each layer of `model` it fits (NaN where its fit fails), by name;
+    all NaN without weightwatcher."""
+    weightwatcher = _weightwatcher()
+    if weightwatcher is None:
+        return pd.Series([math.nan])
     details = weightwatcher.WeightWatcher(model=model).analyze()
     dense = details[details["layer_type"].astype(str).str.contains("dense", case=False)]
     return pd.to_numeric(dense.set_index("name")["alpha"], errors="coerce")
@@ -87,6 +106,8 @@ def measure_run(run: RunDir) -> pd.DataFrame:
         for i, epoch in enumerate(epochs)
     ]
     frame = pd.DataFrame(rows, columns=COLUMNS)
+    if _weightwatcher() is None:
+        return frame  # not cached: measured again, α included, once weightwatcher is installed
     try:
         run.write_cache(BASELINES, frame)
     except OSError as error:  # read-only results: measured, just not kept
