@@ -3,7 +3,8 @@ the forward pass over the training set that LAR and RankMe read, then what LAR, 
 unembedding's effective and stable rank, and WeightWatcher's α (of the unembedding, of every
 dense layer) each add to it. Each time is the best of `--repeats` calls; ratios are to LAR's.
 
-    python benchmarks/signal_cost.py outputs/sweeps/alarm_grokking/0   # a run with checkpoint_every
+    python benchmarks/signal_cost.py "outputs/sweeps/alarm_grokking/seed=0,task=add"
+    (any grokking run trained with checkpoint_every)
 """
 
 from __future__ import annotations

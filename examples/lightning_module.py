@@ -41,6 +41,7 @@ loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch
 logger = CSVLogger(log_dir)
 trainer = lightning.Trainer(
     max_epochs=3, logger=logger, log_every_n_steps=1, accelerator="cpu",
+    # the alarm at its defaults reads 50-step means: in these 48 steps lar_alarm stays 0
     callbacks=[LARCallback(module="head", every_linear=True)],
     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
 )  # fmt: skip

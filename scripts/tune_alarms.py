@@ -7,9 +7,10 @@ Tuning runs: the grokking runs of seed 0 (--tune-seed) and the language-model ru
 optimizer in the sweep `lm_overfitting` (--tune-optimizer adam); every other run is held out.
 For every detector of grokking.analysis.alarms and each setting of its grid, the tuning runs are
 scored (grokking: runs on time − false alarms − runs early or late; language models: runs at or
-before the overfitting step − false alarms − early ones; ties go to the smaller mean distance
-from the truth); the best setting is printed with its scores on the tuning and held-out runs.
-The settings chosen here are the defaults in grokking/lar/alarm.py and grokking/analysis/alarms.py.
+before the overfitting step − false alarms − runs early or late; ties go to the smaller mean
+distance from the truth); the best setting is printed with its scores on the tuning and
+held-out runs. The settings chosen here are the defaults in grokking/lar/alarm.py and
+grokking/analysis/alarms.py.
 """
 
 from __future__ import annotations
@@ -96,7 +97,10 @@ def report_defaults(family: str, scores: pd.DataFrame, tuning: set[str]) -> None
     for runs, picked in (("tuning", True), ("held-out", False)):
         part = scores[scores["run"].isin(tuning) == picked]
         print(f"\n{family}, the defaults on the {runs} runs ({part['run'].nunique()}):")
-        print(alarms.summary(part).fillna(0).to_markdown())
+        table = alarms.summary(part)
+        counts = table.columns.drop("median lead")
+        table[counts] = table[counts].fillna(0).astype(int)
+        print(table.to_markdown())
 
 
 def main() -> None:

@@ -2,8 +2,10 @@
 rule first holds, and stays silent on flat, noisy, slowly falling or decelerating curves."""
 
 import numpy as np
+import pandas as pd
 import pytest
 
+from grokking.analysis import alarms
 from grokking.lar.alarm import (
     AcceleratingDeclineAlarm,
     GeneralizationAlarm,
@@ -77,6 +79,19 @@ def test_an_alarm_fires_once_and_says_why():
     fired = [alarm.update(step, value) for step, value in enumerate([0.5, 0.55, 0.61, 0.7, 0.8])]
     assert fired == [False, False, True, False, False]
     assert alarm.fired_at == 2 and "0.6100" in alarm.reason and "0.5000" in alarm.reason
+
+
+def test_first_firing_reads_signals_by_position_not_by_label():
+    lar = pd.Series(np.where(STEPS < 100, 0.6, 0.7), index=STEPS + 1000)  # a filtered frame's
+    train_acc = pd.Series(memorized_from(40), index=STEPS + 1000)
+    assert first_firing(GeneralizationAlarm(), STEPS, lar, train_acc=train_acc) == 100
+
+
+def test_scores_of_no_runs_are_an_empty_table_with_its_columns():
+    runs = pd.DataFrame(columns=["run", "grokked", "grokking_epoch"])
+    scores = alarms.score_grokking(runs, pd.DataFrame(columns=["run", "epoch"]), pd.DataFrame())
+    assert scores.empty
+    assert list(scores.columns) == ["run", "detector", "fired", "truth", "lead", "outcome"]
 
 
 def test_nan_values_are_skipped():

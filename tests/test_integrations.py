@@ -134,14 +134,27 @@ def test_hf_every_linear_logs_each_conv1d_and_the_mean_over_logging_steps(tmp_pa
 def test_hf_alarm_flags_the_logs_warns_once_and_can_stop_training(tmp_path):
     from grokking.integrations.huggingface import LARCallback
 
-    trainer = hf_trainer(tmp_path, tiny_gpt2(), LARCallback(alarm=FiresAt(2), stop_on_alarm=True),
-                         max_steps=6)  # fmt: skip
+    callback = LARCallback(alarm=FiresAt(2), stop_on_alarm=True)
+    trainer = hf_trainer(tmp_path, tiny_gpt2(), callback, max_steps=6, logging_steps=4)
     with pytest.warns(UserWarning, match="LAR alarm at step 2 \\(test\\)") as caught:
         trainer.train()
     assert sum("LAR alarm" in str(w.message) for w in caught) == 1
+    # stopped at the step it fired on, which is logged although logging_steps=4; the flag is the
+    # last step's (1), not the mean over the window's two steps
     flags = {row["step"]: row["lar_alarm"] for row in trainer.state.log_history if "lar" in row}
-    assert flags == {1: 0.0, 2: 1.0}  # stopped at the step it fired on
+    assert flags == {2: 1.0}
     assert trainer.state.global_step == 2
+    assert tensorboard_scalars(tmp_path / "hf", "train/lar_alarm") == {2: 1.0}
+
+
+def test_every_linear_hooks_the_watched_layer_once():
+    model = tiny_gpt2()
+    watch = LARWatch(every_linear=True, alarm=False)
+    watch.attach(model)
+    assert len(model.lm_head._forward_hooks) == 1
+    assert watch.probe is watch.others["lm_head"]
+    watch.remove()
+    assert all(not module._forward_hooks for module in model.modules())
 
 
 def test_an_alarm_that_needs_more_than_lar_is_refused():

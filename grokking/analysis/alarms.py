@@ -193,7 +193,10 @@ def display(scores: pd.DataFrame) -> pd.DataFrame:
 
 def _frame(rows: list[dict]) -> pd.DataFrame:
     """The score rows, with the epochs and steps as integers that may be missing."""
-    return pd.DataFrame(rows).astype({"fired": "Int64", "truth": "Int64", "lead": "Int64"})
+    columns = ["run", "detector", "fired", "truth", "lead", "outcome"]
+    return pd.DataFrame(rows, columns=columns).astype(
+        {"fired": "Int64", "truth": "Int64", "lead": "Int64"}
+    )
 
 
 def summary(scores: pd.DataFrame) -> pd.DataFrame:

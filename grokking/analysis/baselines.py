@@ -86,7 +86,7 @@ def measure_checkpoint(run: RunDir, epoch: int, train_x: torch.Tensor, dense: bo
         gram = probe.gram
     return {
         "epoch": epoch,
-        "ww_alpha": ww_alphas(nn.ModuleList([model.unembed])).iloc[0],
+        "ww_alpha": ww_alphas(nn.ModuleList([model.unembed])).mean(),  # NaN if it fits none
         "ww_alpha_mean": ww_alphas(model).mean() if dense else math.nan,
         "rankme": rankme(gram),
     }

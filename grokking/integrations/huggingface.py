@@ -18,7 +18,7 @@ import sys
 from transformers import TrainerCallback
 from transformers.trainer_callback import CallbackHandler
 
-from grokking.integrations.watch import LARWatch, log
+from grokking.integrations.watch import ALARM_KEY, LARWatch, log
 from grokking.lar.alarm import Alarm
 
 
@@ -52,11 +52,14 @@ class LARCallback(TrainerCallback):
         self.pending.append(self.watch.end_step(state.global_step + 1))
         if self.stop_on_alarm and self.watch.alarm is not None and self.watch.alarm.fired:
             control.should_training_stop = True
+            control.should_log = True  # the last step's values reach the logs, whatever its step
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs is None or "loss" not in logs or not self.pending:
             return  # an evaluation's or the final summary's log: no training steps in it
         means = {key: _mean([row[key] for row in self.pending]) for key in self.pending[-1]}
+        if ALARM_KEY in means:  # a flag, not a rate: 1 once it has fired in the window
+            means[ALARM_KEY] = self.pending[-1][ALARM_KEY]
         self.pending.clear()
         logs.update(means)  # the reporters after this callback read this very dict
         if state.log_history and state.log_history[-1].get("step") == state.global_step:

@@ -5,8 +5,9 @@ trainer's loggers (TensorBoard, W&B, CSV, …), and raises the validation-free a
 
     trainer = lightning.Trainer(callbacks=[LARCallback()], logger=CSVLogger("logs"))
 
-Logged at every optimizer step: `lar`, `lar_alarm` (1 from the step the alarm fires on), and
-`lar/<layer>` for each dense layer with `every_linear=True`.
+Logged at every optimizer step (and written by the loggers every `log_every_n_steps`, 50 by
+default: set it to 1 to keep every step): `lar`, `lar_alarm` (1 from the step the alarm fires on),
+and `lar/<layer>` for each dense layer with `every_linear=True`.
 """
 
 from __future__ import annotations

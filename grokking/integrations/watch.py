@@ -83,21 +83,25 @@ class LARWatch:
         if self.probe is not None:  # a second fit on the same callback: watch the model anew
             self.remove()
         self.layer_name, layer = find_layer(model, self.module_name)
-        self.probe = LARProbe(layer, record_with_grad=True)
-        if self.every_linear:
+        if self.every_linear:  # the watched layer's probe is one of them: one hook per layer
             self.others = ProbeSet(model, "*", record_with_grad=True)
+            self.probe = self.others[self.layer_name]
+        else:
+            self.probe = LARProbe(layer, record_with_grad=True)
         log.info("LAR watches %s (%s)", self.layer_name, type(layer).__name__)
 
     def remove(self) -> None:
-        for probes in (self.probe, self.others):
-            if probes is not None:
-                probes.remove()
+        if self._probes() is not None:
+            self._probes().remove()
         self.probe = self.others = None
 
     def begin_step(self) -> None:
-        self.probe.reset()
-        if self.others is not None:
-            self.others.reset()
+        self._probes().reset()
+
+    def _probes(self) -> LARProbe | ProbeSet | None:
+        """Every probe this watch holds: the set of dense layers (the watched layer's probe
+        among them) or the watched layer's probe alone."""
+        return self.others if self.others is not None else self.probe
 
     def end_step(self, step: int) -> dict[str, float]:
         """The step's values to log: LAR, the alarm's flag, and each dense layer's LAR; feeds the

@@ -210,6 +210,7 @@ class AcceleratingDeclineAlarm(Alarm):
 def first_firing(alarm: Alarm, steps, lars, **signals) -> int | None:
     """Feed a whole curve to a fresh `alarm` in order; the step it fires at, or None. `signals`
     are sequences the alarm's `update` takes by keyword (train_acc=...), aligned with `steps`."""
+    signals = {name: np.asarray(values) for name, values in signals.items()}  # by position
     names = list(signals)
     for i, (step, value) in enumerate(zip(steps, lars, strict=True)):
         if alarm.update(int(step), float(value), **{name: signals[name][i] for name in names}):
