@@ -28,11 +28,9 @@ from grokking.lar.alarm import (
     OverfittingAlarm,
     RiseAlarm,
 )
-from grokking.runs.rundir import RunDir
 
 RISES = (0.01, 0.02, 0.03, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5)  # of log(signal): baselines
 LAR_RISES = (0.02, 0.03, 0.035, 0.04, 0.045, 0.05, 0.055, 0.06, 0.065, 0.07, 0.08)
-DIRECTIONS = {"rises": alarms._log, "falls": alarms._minus_log}
 
 
 def grokking_grid():
@@ -41,7 +39,7 @@ def grokking_grid():
         make = lambda r=rise, p=patience: GeneralizationAlarm(rise=r, patience=p)  # noqa: E731
         yield "LAR", alarms.Detector(f"LAR rise={rise} patience={patience}", "lar", make)
     for signal in ("effective_rank", "stable_rank", "rankme", "ww_alpha"):
-        for (direction, transform), rise in itertools.product(DIRECTIONS.items(), RISES):
+        for (direction, transform), rise in itertools.product(alarms.DIRECTIONS.items(), RISES):
             make = lambda r=rise: GeneralizationAlarm(rise=r)  # noqa: E731
             name = f"{signal} {direction} rise={rise}"
             yield signal, alarms.Detector(name, signal, make, transform)
@@ -58,7 +56,7 @@ def lm_grid():
         name = f"LAR accelerating window={window} factor={factor} min_decline={least}"
         yield "LAR accelerating", alarms.Detector(name, "lar", make)
     for signal in ("effective_rank", "stable_rank"):
-        for (direction, transform), rise in itertools.product(DIRECTIONS.items(), RISES):
+        for (direction, transform), rise in itertools.product(alarms.DIRECTIONS.items(), RISES):
             make = lambda r=rise: RiseAlarm(rise=r)  # noqa: E731
             yield signal, alarms.Detector(f"{signal} {direction} rise={rise}", signal, make,
                                           transform)  # fmt: skip
@@ -112,11 +110,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.grokking:
         results = collect(*args.grokking)
-        measured = [
-            baselines.measure_run(RunDir(path)).assign(run=run)
-            for run, path in results.runs[["run", "path"]].itertuples(index=False)
-        ]
-        at_checkpoints = pd.concat(measured, ignore_index=True)
+        at_checkpoints = baselines.measure_all(results)
         tuning = set(results.runs.loc[results.runs["seed"] == args.tune_seed, "run"])
 
         def score(detectors=alarms.GROKKING_DETECTORS):

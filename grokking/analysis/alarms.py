@@ -74,21 +74,22 @@ def _rising(rise: float) -> Callable[[], Alarm]:
     return lambda: RiseAlarm(rise=rise)
 
 
-def _log(values):
-    return np.log(values)
-
-
-def _minus_log(values):
+def _minus_log(values: np.ndarray) -> np.ndarray:
     return -np.log(values)
+
+
+# What a baseline is fed, by the way its signal moves when the model generalizes (or overfits):
+# the rise rules then fire on a relative change of the signal, whatever its scale.
+DIRECTIONS = {"rises": np.log, "falls": _minus_log}
 
 
 # Tuned on the tuning runs by scripts/tune_alarms.py (docs/results.md, "The alarm").
 GROKKING_DETECTORS = (
     Detector("LAR: generalization alarm", "lar", GeneralizationAlarm),
-    Detector("effective rank of W (falls)", "effective_rank", _memorized(0.2), _minus_log),
-    Detector("stable rank of W (rises)", "stable_rank", _memorized(0.3), _log),
-    Detector("RankMe of the inputs (falls)", "rankme", _memorized(0.3), _minus_log),
-    Detector("WeightWatcher α of W (falls)", "ww_alpha", _memorized(0.5), _minus_log),
+    Detector("effective rank of W (falls)", "effective_rank", _memorized(0.2), DIRECTIONS["falls"]),
+    Detector("stable rank of W (rises)", "stable_rank", _memorized(0.3), DIRECTIONS["rises"]),
+    Detector("RankMe of the inputs (falls)", "rankme", _memorized(0.3), DIRECTIONS["falls"]),
+    Detector("WeightWatcher α of W (falls)", "ww_alpha", _memorized(0.5), DIRECTIONS["falls"]),
     Detector("WeightWatcher α of W < 2", "ww_alpha", BelowAlarm),
     Detector("WeightWatcher mean α < 2", "ww_alpha_mean", BelowAlarm),
 )
@@ -96,8 +97,8 @@ GROKKING_DETECTORS = (
 LM_DETECTORS = (
     Detector("LAR: overfitting alarm", "lar", OverfittingAlarm),
     Detector("LAR: accelerating decline", "lar", AcceleratingDeclineAlarm),
-    Detector("effective rank of W (rises)", "effective_rank", _rising(0.2), _log),
-    Detector("stable rank of W (rises)", "stable_rank", _rising(0.5), _log),
+    Detector("effective rank of W (rises)", "effective_rank", _rising(0.2), DIRECTIONS["rises"]),
+    Detector("stable rank of W (rises)", "stable_rank", _rising(0.5), DIRECTIONS["rises"]),
 )
 
 

@@ -25,7 +25,8 @@ import torch
 from torch import nn
 
 from grokking.algorithmic.build import build, load_model, run_config
-from grokking.analysis.collect import Results, reason
+from grokking.analysis.collect import Results
+from grokking.analysis.measure import keep_cache, measure_each_run, read_cache
 from grokking.lar import LARProbe
 from grokking.runs.rundir import BASELINES, RunDir
 
@@ -95,7 +96,7 @@ def measure_checkpoint(run: RunDir, epoch: int, train_x: torch.Tensor, dense: bo
 def measure_run(run: RunDir) -> pd.DataFrame:
     """The baselines at every periodic checkpoint of a run (empty without any); cached."""
     epochs = periodic_epochs(run)
-    cached = _read_cache(run)
+    cached = read_cache(run, BASELINES, "epoch", "baselines")
     if cached is not None and list(cached["epoch"]) == epochs:
         return cached
     if not epochs:
@@ -108,31 +109,17 @@ def measure_run(run: RunDir) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=COLUMNS)
     if _weightwatcher() is None:
         return frame  # not cached: measured again, α included, once weightwatcher is installed
-    try:
-        run.write_cache(BASELINES, frame)
-    except OSError as error:  # read-only results: measured, just not kept
-        log.warning("not caching the baselines of %s (%s)", run.path, reason(error))
+    keep_cache(run, BASELINES, frame, "baselines")
     return frame
 
 
 def measure_all(results: Results) -> pd.DataFrame:
     """`measure_run` for every completed run, with `run`. A run whose checkpoints cannot be
     measured is taken out of `results` (every table) with its reason."""
-    frames = []
-    for run, path in results.runs[["run", "path"]].itertuples(index=False):
-        try:
-            frames.append(measure_run(RunDir(path)).assign(run=run))
-        except Exception as error:  # a truncated, crafted or missing checkpoint
-            results.skip(run, f"cannot measure its baselines: {reason(error, path)}")
+    frames = measure_each_run(
+        results, lambda row: measure_run(RunDir(row.path)).assign(run=row.run), "baselines"
+    )
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
-
-
-def _read_cache(run: RunDir) -> pd.DataFrame | None:
-    try:
-        return run.read_cache(BASELINES, "epoch")
-    except Exception as error:  # a damaged cache is measured afresh, never trusted
-        log.warning("ignoring the baseline cache of %s (%s)", run.path, reason(error))
-        return None
 
 
 def costs(run: RunDir, repeats: int = 3) -> pd.DataFrame:

@@ -59,23 +59,44 @@ def measure_checkpoint(run: RunDir, kind: str, threshold: float = 0.95, batch_si
 def measure_run(run: RunDir, threshold: float = 0.95) -> pd.DataFrame:
     """Measures of every checkpoint kind the run has; reads the run's cache when it matches."""
     kinds = [kind for kind in CHECKPOINT_KINDS if run.has_checkpoint(kind)]
-    cached = _read_cache(run)
+    cached = read_cache(run, MEASURES, "kind", "measures")
     if cached is not None and _cache_matches(cached, run, kinds, threshold):
         return cached
     frame = pd.DataFrame([measure_checkpoint(run, kind, threshold) for kind in kinds])
-    try:
-        run.write_cache(MEASURES, frame)
-    except OSError as error:  # read-only results: the measures are still good, just not kept
-        log.warning("not caching the measures of %s (%s)", run.path, reason(error))
+    keep_cache(run, MEASURES, frame, "measures")
     return frame
 
 
-def _read_cache(run: RunDir) -> pd.DataFrame | None:
+def read_cache(run: RunDir, name: str, key: str, what: str) -> pd.DataFrame | None:
+    """The run's analysis cache `name` (RunDir.read_cache), or None when it is absent or
+    damaged: a damaged cache is measured afresh, never trusted."""
     try:
-        return run.read_cache(MEASURES, "kind")
-    except Exception as error:  # a damaged cache is measured afresh, never trusted
-        log.warning("ignoring the measure cache of %s (%s)", run.path, reason(error))
+        return run.read_cache(name, key)
+    except Exception as error:
+        log.warning("ignoring the cache of the %s of %s (%s)", what, run.path, reason(error))
         return None
+
+
+def keep_cache(run: RunDir, name: str, frame: pd.DataFrame, what: str) -> None:
+    """Write the analysis cache `name`; in read-only results the values are still good, just
+    not kept."""
+    try:
+        run.write_cache(name, frame)
+    except OSError as error:
+        log.warning("not caching the %s of %s (%s)", what, run.path, reason(error))
+
+
+def measure_each_run(results: Results, measure, what: str) -> list[pd.DataFrame]:
+    """`measure(row)` for every run of `results` (a row of `results.runs`); a run it cannot
+    measure (a truncated, crafted or missing checkpoint) is taken out of `results`, every table,
+    with its reason."""
+    frames = []
+    for row in results.runs.itertuples(index=False):
+        try:
+            frames.append(measure(row))
+        except Exception as error:
+            results.skip(row.run, f"cannot measure its {what}: {reason(error, row.path)}")
+    return frames
 
 
 def _cache_matches(cached: pd.DataFrame, run: RunDir, kinds: list[str], threshold: float) -> bool:
@@ -89,10 +110,9 @@ def _cache_matches(cached: pd.DataFrame, run: RunDir, kinds: list[str], threshol
 def measure_all(results: Results, threshold: float = 0.95) -> pd.DataFrame:
     """`measure_run` for every completed run, with `run` and `grokked` columns. A run whose
     checkpoints cannot be measured is taken out of `results` (every table) with its reason."""
-    frames = []
-    for run, path, grokked in results.runs[["run", "path", "grokked"]].itertuples(index=False):
-        try:
-            frames.append(measure_run(RunDir(path), threshold).assign(run=run, grokked=grokked))
-        except Exception as error:  # a truncated, crafted or missing checkpoint
-            results.skip(run, f"cannot measure its checkpoints: {reason(error, path)}")
+
+    def measure(row):
+        return measure_run(RunDir(row.path), threshold).assign(run=row.run, grokked=row.grokked)
+
+    frames = measure_each_run(results, measure, "checkpoints")
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
