@@ -23,7 +23,7 @@ from grokking.lm import load_config
 from grokking.lm.config import LarLayers
 from grokking.lm.engine import LMEngine
 
-SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
+SWEEPS = Path(__file__).resolve().parents[1] / "conf" / "lm" / "sweeps"
 
 
 def seconds(work, repeats: int) -> float:
@@ -105,7 +105,7 @@ def main() -> None:
         " of an evaluation"
     )
     print(f"setup (data, model): {setup_s:.1f} s")
-    for path in sorted(SWEEPS.glob("lm_*.yaml")):
+    for path in sorted(SWEEPS.glob("*.yaml")):
         sweep = yaml.safe_load(path.read_text())
         steps = sweep.get("token_budget", cfg.token_budget) // tokens
         evals = steps // sweep.get("eval_every", cfg.eval_every) + 1

@@ -1,8 +1,8 @@
 """`python -m grokking.train [key=value ...]`: train one grokking run, or a sweep (`+sweeps=NAME`,
 `-m`).
 
-Configs live in `conf/config.yaml` and its groups (sweep files in `sweeps/`); the typed schema and
-the checks are in grokking/algorithmic/config.py, the loop in grokking/runs/loop.py, the sweep
+Configs live in `conf/algorithmic/` (config.yaml, its groups, its sweep files); the typed schema
+and the checks are in grokking/algorithmic/config.py, the loop in grokking/runs/loop.py, the sweep
 callbacks in grokking/runs/sweep.py.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 from grokking.algorithmic import FAMILY
 from grokking.runs.command import Command
 
-COMMAND = Command(FAMILY, "config")
+COMMAND = Command(FAMILY)
 load_config = COMMAND.load_config
 check_command_line = COMMAND.check_command_line
 

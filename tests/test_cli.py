@@ -15,21 +15,68 @@ from grokking.algorithmic.config import LarLayers, TrainConfig, from_dict
 from grokking.algorithmic.tasks import TASK_NAMES
 from grokking.runs.config import ConfigError, to_dict
 
-# every sweep file (Hydra's group), and the grokking ones --help lists (lm_* are python -m
-# grokking.lm's: tests/test_lm.py)
-ALL_SWEEP_FILES = sorted(p.stem for p in (REPO / "sweeps").glob("*.yaml"))
-SWEEP_FILES = [name for name in ALL_SWEEP_FILES if not name.startswith("lm_")]
+# each command's options, as its config folder (conf/<family>/) holds them
+OPTIONS = {
+    (family, group): sorted(p.stem for p in (REPO / "conf" / family / group).glob("*.yaml"))
+    for family in ("algorithmic", "lm")
+    for group in ("model", "optim", "sweeps")
+}
+SWEEP_FILES = OPTIONS["algorithmic", "sweeps"]
+# where --help lists each group's options
+HELP_LINES = {
+    "model": "Models (model=NAME): ",
+    "optim": "Optimizers (optim=NAME): ",
+    "sweeps": "Sweep files (+sweeps=NAME): ",
+}
 
 
-def test_help_lists_the_tasks_and_the_sweep_files(tmp_path):
+def help_options(module: str, cwd) -> dict[str, list[str]]:
+    """{group: its options} as `python -m <module> --help` lists them."""
+    lines = run_cli("--help", cwd=cwd, module=module, check=True).stdout.splitlines()
+    listed = {}
+    for group, start in HELP_LINES.items():
+        (line,) = [line for line in lines if line.startswith(start)]
+        listed[group] = line.removeprefix(start).split(", ")
+    return listed
+
+
+def test_help_lists_the_tasks_and_the_config(tmp_path):
     result = run_cli("--help", cwd=tmp_path, check=True)
     lines = result.stdout.splitlines()
     (tasks,) = [line for line in lines if line.startswith("Tasks (task=NAME): ")]
-    (sweeps,) = [line for line in lines if line.startswith("Sweep files (+sweeps=NAME): ")]
     assert tasks.split(": ", 1)[1].split(", ") == sorted(TASK_NAMES)
-    assert sweeps.split(": ", 1)[1].split(", ") == SWEEP_FILES
     assert "train_fraction: 0.5" in result.stdout  # the config, with its defaults
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("family", "module"), [("algorithmic", "grokking.train"), ("lm", "grokking.lm")]
+)
+def test_help_lists_only_the_options_of_its_family(tmp_path, family, module):
+    listed = help_options(module, tmp_path)
+    assert listed == {group: OPTIONS[family, group] for group in HELP_LINES}
+    other = "lm" if family == "algorithmic" else "algorithmic"
+    assert all(not set(listed[group]) & set(OPTIONS[other, group]) for group in HELP_LINES)
+
+
+@pytest.mark.parametrize(
+    ("family", "arguments", "message"),
+    [
+        ("algorithmic", ["optim=adam"], "optim: no option 'adam'; allowed: adamw"),
+        ("algorithmic", ["model=gemma2"], "model: no option 'gemma2'; allowed: transformer"),
+        ("algorithmic", ["+sweeps=lm_lr"], "sweeps: no option 'lm_lr'; allowed: alarm_grokking,"),
+        ("lm", ["optim=adamw"], "optim: no option 'adamw'; allowed: adam, muon"),
+        ("lm", ["model=transformer"], "model: no option 'transformer'; allowed: gemma2"),
+        ("lm", ["+sweeps=smoke"], "sweeps: no option 'smoke'; allowed: lm_lr, lm_overfitting"),
+    ],
+)
+def test_an_option_of_the_other_family_is_refused_in_one_line(
+    refusal, tmp_path, family, arguments, message
+):
+    code, stderr = refusal(*arguments, family=family)
+    assert code == 2
+    assert stderr.startswith(f"error: {message}") and stderr.count("\n") == 1
+    assert list(tmp_path.rglob("*")) == [tmp_path / "work"]
 
 
 @pytest.mark.parametrize(
@@ -49,7 +96,7 @@ def test_help_lists_the_tasks_and_the_sweep_files(tmp_path):
         (["train_fraction=abc"], "train_fraction: must be a number, got 'abc'"),
         (["task.p=abc"], "task.p: must be an integer or null, got 'abc'"),
         (["lar_layers=some"], "lar_layers: must be one of unembed, all, got 'some'"),
-        (["+sweeps=nosuch"], "sweeps: no option 'nosuch'; allowed: " + ", ".join(ALL_SWEEP_FILES)),
+        (["+sweeps=nosuch"], "sweeps: no option 'nosuch'; allowed: " + ", ".join(SWEEP_FILES)),
         (["hydra/launcher=nosuch"], "hydra/launcher: no option 'nosuch'; allowed: basic,"),
         (["seed==1"], "seed==1: not an override; write key=value, +key=value or ~key"),
         (["seed=0,1"], "seed: several values need a sweep (-m, or +sweeps=NAME);"),
@@ -133,17 +180,18 @@ def test_no_module_imports_hydra_internals():
 
 @pytest.mark.slow
 def test_a_wheel_install_trains_from_any_folder(tmp_path):
-    """`pip install .` (not editable) carries conf/ and sweeps/ inside the package."""
+    """`pip install .` (not editable) carries conf/ inside the package."""
     source, site, work = tmp_path / "source", tmp_path / "site", tmp_path / "work"
     caches = shutil.ignore_patterns("__pycache__")
-    for folder in ("grokking", "conf", "sweeps", "hydra_plugins"):
+    for folder in ("grokking", "conf", "hydra_plugins"):
         shutil.copytree(REPO / folder, source / folder, ignore=caches)
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, source)
     install = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation"]
     subprocess.run([*install, "--target", str(site), str(source)], check=True, capture_output=True)
-    assert (site / "grokking" / "conf" / "config.yaml").is_file()
-    assert (site / "grokking" / "sweeps" / "smoke.yaml").is_file()
+    assert (site / "grokking" / "conf" / "algorithmic" / "config.yaml").is_file()
+    assert (site / "grokking" / "conf" / "algorithmic" / "sweeps" / "smoke.yaml").is_file()
+    assert (site / "grokking" / "conf" / "shared" / "logger" / "none.yaml").is_file()
     assert not (REPO / "grokking" / "conf").exists()  # the checkout keeps one copy, at the top
 
     work.mkdir()

@@ -152,7 +152,7 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path, tiny_run, corpus_dir)
         ("optim=muon optim.lr=-1", "optim.lr: must be a finite number > 0, got -1"),
         ("data.vocab_size=100", "data.vocab_size: must be an integer in [258, 65535], got 100"),
         ("token_budget=10", "token_budget: must hold at least one step"),
-        ("optim=adamx", "optim: no option 'adamx'; allowed: adam, adamw, muon"),
+        ("optim=adamx", "optim: no option 'adamx'; allowed: adam, muon"),
         ("model.width=3", "model.width: not a config key"),
     ],
 )

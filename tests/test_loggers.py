@@ -27,7 +27,7 @@ from grokking.runs.loggers import (
     validate_logger,
 )
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "logger"
+CONF = Path(__file__).resolve().parents[1] / "conf" / "shared" / "logger"
 MATRICES = ["blocks.0.attn.q", "blocks.0.mlp.fc_in", "unembed"]
 CONFIG = to_dict(TrainConfig())  # nested, with a None (sweep_name)
 

@@ -104,7 +104,7 @@ def test_a_bad_sweep_file_fails_before_any_job(tmp_path):
         "# @package _global_\nhydra:\n  mode: MULTIRUN\n  sweeper:\n    params:\n"
         "      task: add,mul\n"
     )
-    result = run_cli(f"hydra.searchpath=[file://{tmp_path / 'mine'}]", "+sweeps=bad", cwd=tmp_path)
+    result = run_cli("--config-dir", str(tmp_path / "mine"), "+sweeps=bad", cwd=tmp_path)
     assert result.returncode == 2
     assert "error: sweep job 1 (task=mul +sweeps=bad)" in result.stderr
     assert "task: no option 'mul'; allowed: add, div," in result.stderr

@@ -28,5 +28,5 @@ def train(cfg: LMConfig, run_dir, files: dict[str, str] | None = None) -> dict:
     return loop.train(FAMILY, cfg, run_dir, files)
 
 
-COMMAND = Command(FAMILY, "lm")
+COMMAND = Command(FAMILY)
 load_config = COMMAND.load_config  # the config `python -m grokking.lm *overrides` would run

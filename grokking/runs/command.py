@@ -1,5 +1,6 @@
 """A family's command line, `python -m grokking.<command> [key=value ...]`: one run, or a sweep
-(`+sweeps=NAME`, `-m`), with the family's config file in conf/ and the sweep files in sweeps/.
+(`+sweeps=NAME`, `-m`), with the family's config folder conf/<family>/ (its top config, its
+groups and its sweep files) and the groups every family shares in conf/shared/.
 
 A bad value is refused with one line, `error: <field>: <what is allowed>`, and exit code 2,
 before Hydra writes or submits anything."""
@@ -27,12 +28,10 @@ from grokking.runs.sweep import default_threads, refuse
 
 log = logging.getLogger("grokking")
 
-# conf/ and sweeps/ sit at the top of a source checkout; a wheel carries them inside the
-# package (pyproject.toml maps them there), so neither layout needs a second copy.
+# conf/ sits at the top of a source checkout; a wheel carries it inside the package
+# (pyproject.toml maps it there), so neither layout needs a second copy.
 PACKAGE = Path(__file__).resolve().parents[1]
-ROOT = PACKAGE if (PACKAGE / "conf").is_dir() else PACKAGE.parent
-CONF_DIR = ROOT / "conf"
-SWEEPS_DIR = ROOT / "sweeps"
+CONF_DIR = (PACKAGE if (PACKAGE / "conf").is_dir() else PACKAGE.parent) / "conf"
 # Overrides that choose how a sweep runs, not what a run computes: not in a run folder's name.
 LAUNCH_KEYS = ("sweeps", "+sweeps", "hydra/launcher")
 
@@ -51,19 +50,13 @@ def run_name(overrides: str) -> str:
 
 
 OmegaConf.register_new_resolver("run_name", run_name, replace=True)
-# A config file puts ROOT on Hydra's search path, so `sweeps/` is a config group.
-OmegaConf.register_new_resolver("grokking_root", lambda: str(ROOT), replace=True)
-# --help lists the options of a config group (conf/task, sweeps) from the files themselves: those
-# whose names start with `prefix` and not with `other` (the language models' sweeps are lm_*).
+# A family's config puts conf/shared on Hydra's search path, for the groups every family shares;
+# its own groups are found in its folder only, so a wrong family's option is refused up front.
+OmegaConf.register_new_resolver("grokking_shared", lambda: str(CONF_DIR / "shared"), replace=True)
+# --help lists the options of a config group (algorithmic/task, lm/sweeps) from the files.
 OmegaConf.register_new_resolver(
     "grokking_options",
-    lambda group, prefix="", other=None: ", ".join(
-        sorted(
-            path.stem
-            for path in (ROOT / group).glob(f"{prefix}*.yaml")
-            if not (other and path.stem.startswith(other))
-        )
-    ),
+    lambda group: ", ".join(sorted(path.stem for path in (CONF_DIR / group).glob("*.yaml"))),
     replace=True,
 )
 # The keys left out of a run folder's name: the family schema's RUNTIME_FIELDS and LAUNCH_KEYS.
@@ -75,10 +68,10 @@ OmegaConf.register_new_resolver(
 
 
 class Command:
-    """The command of `family`, whose config file is conf/<config_name>.yaml."""
+    """The command of `family`, whose config is conf/<family name>/config.yaml."""
 
-    def __init__(self, family: Family, config_name: str):
-        self.family, self.config_name = family, config_name
+    def __init__(self, family: Family):
+        self.family, self.config_dir = family, str(CONF_DIR / family.name)
         # the config file's first default: the typed schema, so unknown keys and bad types fail
         ConfigStore.instance().store(name=f"{family.name}_schema", node=family.schema)
 
@@ -90,8 +83,8 @@ class Command:
         return cfg
 
     def _compose(self, overrides, hydra_node: bool = False) -> DictConfig:
-        with hydra.initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-            return hydra.compose(self.config_name, list(overrides), return_hydra_config=hydra_node)
+        with hydra.initialize_config_dir(self.config_dir, version_base="1.3"):
+            return hydra.compose("config", list(overrides), return_hydra_config=hydra_node)
 
     def check_command_line(self, arguments: list[str]) -> None:
         """Refuse, in the project's words, a command line whose config Hydra cannot compose or
@@ -140,7 +133,7 @@ class Command:
 
     def main(self) -> None:
         self.check_command_line(sys.argv[1:])
-        hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=self.config_name)(
+        hydra.main(version_base="1.3", config_path=self.config_dir, config_name="config")(
             self.run_job
         )()
 
