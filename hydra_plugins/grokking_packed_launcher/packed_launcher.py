@@ -1,7 +1,7 @@
 """Hydra's plugin entry for `hydra/launcher=packed` and `hydra/launcher=packed_slurm`: the launcher
 and its options, typed (`PackedLauncherConf`, stored in Hydra's ConfigStore as
-`hydra/launcher=grokking_packed`, which conf/hydra/launcher/packed.yaml extends), so a bad option
-(`hydra.launcher.max_pack_size=many`) is refused when the config is composed.
+`hydra/launcher=grokking_packed`, which conf/shared/hydra/launcher/packed.yaml extends), so a
+bad option (`hydra.launcher.max_pack_size=many`) is refused when the config is composed.
 
 Hydra only loads launchers from the `hydra_plugins` namespace; the work is in
 `grokking.algorithmic.packed_launch`, imported when a sweep is launched (Hydra imports this module
