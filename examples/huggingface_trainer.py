@@ -33,7 +33,9 @@ args = TrainingArguments(
 # every_linear=True would log each dense layer's LAR too, as lar/<name>;
 # stop_on_alarm=True would end training when the alarm fires. At its defaults the alarm reads
 # 50-step means, so it cannot fire in these 20 steps: lar_alarm stays 0 here.
-trainer = Trainer(model=model, args=args, train_dataset=dataset, callbacks=[LARCallback()])
+trainer = Trainer(model=model, args=args, train_dataset=dataset)
+# attach: first among the trainer's callbacks, so lar is in the logs before TensorBoard writes them
+LARCallback().attach(trainer)
 trainer.train()
 
 for row in trainer.state.log_history:

@@ -61,7 +61,9 @@ def token_data(rows: int = 32):
     return [{"input_ids": row, "labels": row} for row in ids]
 
 
-def hf_trainer(tmp_path, model, callback, **arguments):
+def hf_trainer(tmp_path, model, callback, attach=True, **arguments):
+    """A Trainer reporting to TensorBoard with `callback` attached (LARCallback.attach), or, with
+    attach=False, given in `callbacks=[...]`."""
     args = transformers.TrainingArguments(
         output_dir=str(tmp_path / "hf"),
         per_device_train_batch_size=4,
@@ -71,15 +73,22 @@ def hf_trainer(tmp_path, model, callback, **arguments):
         disable_tqdm=True,
         **({"max_steps": 4, "logging_steps": 1} | arguments),
     )
-    return transformers.Trainer(model=model, args=args, train_dataset=token_data(),
-                                callbacks=[callback])  # fmt: skip
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=token_data(),
+                                   callbacks=None if attach else [callback])  # fmt: skip
+    if attach:
+        callback.attach(trainer)
+    return trainer
 
 
-def tensorboard_scalars(folder, tag: str) -> dict[int, float]:
+def tensorboard_events(folder) -> EventAccumulator:
     (events,) = folder.rglob("events.out.tfevents.*")
     accumulator = EventAccumulator(str(events))
     accumulator.Reload()
-    return {event.step: event.value for event in accumulator.Scalars(tag)}
+    return accumulator
+
+
+def tensorboard_scalars(folder, tag: str) -> dict[int, float]:
+    return {event.step: event.value for event in tensorboard_events(folder).Scalars(tag)}
 
 
 def test_hf_lar_reaches_the_log_history_and_tensorboard_equal_to_lar_of_the_step(tmp_path):
@@ -97,6 +106,34 @@ def test_hf_lar_reaches_the_log_history_and_tensorboard_equal_to_lar_of_the_step
     assert all(row["lar_alarm"] == 0.0 for row in history.values())
     logged = tensorboard_scalars(tmp_path / "hf", "train/lar")
     assert logged == pytest.approx(expected, rel=1e-6)  # TensorBoard stores float32 too
+
+
+def test_hf_attach_puts_the_callback_first_once_and_it_does_not_warn(tmp_path):
+    from grokking.integrations.huggingface import LARCallback
+
+    callback = LARCallback()
+    trainer = hf_trainer(tmp_path, tiny_gpt2(), callback, attach=False)
+    assert callback.attach(trainer) is callback
+    callbacks = trainer.callback_handler.callbacks
+    assert callbacks[0] is callback and callbacks.count(callback) == 1
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.train()
+    assert not [w for w in caught if "LARCallback" in str(w.message)]
+    assert set(tensorboard_scalars(tmp_path / "hf", "train/lar")) == {1, 2, 3, 4}
+
+
+def test_hf_callback_given_in_callbacks_warns_once_with_the_fix_and_reaches_the_history(tmp_path):
+    from grokking.integrations.huggingface import LARCallback
+
+    trainer = hf_trainer(tmp_path, tiny_gpt2(), LARCallback(), attach=False)
+    with pytest.warns(UserWarning, match=r"LARCallback\(\.\.\.\)\.attach\(trainer\)") as caught:
+        trainer.train()
+    assert sum("LARCallback" in str(w.message) for w in caught) == 1
+    assert [row["step"] for row in trainer.state.log_history if "lar" in row] == [1, 2, 3, 4]
+    # the reporter wrote each step's logs before the callback added LAR to them
+    tags = tensorboard_events(tmp_path / "hf").Tags()["scalars"]
+    assert "train/loss" in tags and "train/lar" not in tags
 
 
 def test_hf_lar_of_a_step_spans_its_accumulated_micro_batches(tmp_path):

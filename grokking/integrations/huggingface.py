@@ -2,7 +2,12 @@
 every dense layer's) at every optimizer step, logs it through the trainer's own logging, and
 raises the validation-free alarm (grokking.lar.alarm) once.
 
-    trainer = Trainer(model, args, train_dataset=..., callbacks=[LARCallback()])
+    trainer = Trainer(model, args, train_dataset=...)
+    LARCallback().attach(trainer)  # first among the trainer's callbacks, before the reporters
+    trainer.train()
+
+`Trainer(callbacks=[LARCallback()])` also works, but the Trainer calls it after the reporters of
+`report_to`, so its values reach the log history only (it warns once, naming the fix).
 
 What reaches the logs: at each logging step (`logging_steps`), `lar` is the mean LAR over the
 optimizer steps since the last log (as `loss` is the mean loss), `lar_alarm` is 1 from the step
@@ -13,13 +18,16 @@ go into `trainer.state.log_history` and to every reporter of `report_to` (Tensor
 from __future__ import annotations
 
 import math
-import sys
+import warnings
+from typing import TYPE_CHECKING
 
 from transformers import TrainerCallback
-from transformers.trainer_callback import CallbackHandler
 
-from grokking.integrations.watch import ALARM_KEY, LARWatch, log
+from grokking.integrations.watch import ALARM_KEY, LARWatch
 from grokking.lar.alarm import Alarm
+
+if TYPE_CHECKING:  # importing the Trainer takes seconds; a callback needs it only to be typed
+    from transformers import Trainer
 
 
 class LARCallback(TrainerCallback):
@@ -38,9 +46,26 @@ class LARCallback(TrainerCallback):
         self.watch = LARWatch(module, every_linear, alarm)
         self.stop_on_alarm = stop_on_alarm
         self.pending: list[dict[str, float]] = []  # each step's values since the last log
+        self.attached = False
+
+    def attach(self, trainer: Trainer) -> LARCallback:
+        """Add this callback to `trainer` as the first of its callbacks, so that its `on_log` adds
+        LAR to the `logs` dict before the reporters (TensorBoardCallback, WandbCallback, …) write
+        that dict out: a reporter reads `logs` once, and the Trainer puts the callbacks it is
+        given, or that `add_callback` adds, after them. Returns the callback."""
+        trainer.pop_callback(self)  # given to the Trainer too: it must run once, first
+        trainer.callback_handler.callbacks.insert(0, self)
+        self.attached = True
+        return self
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        _run_before_the_reporters(self)  # here, not at init: add_callback() comes after init
+        if args.report_to and not self.attached:
+            warnings.warn(
+                f"LARCallback runs after the reporters of report_to={args.report_to}, so lar "
+                "reaches trainer.state.log_history only: add it with "
+                "LARCallback(...).attach(trainer), not callbacks=[...] or add_callback()",
+                stacklevel=2,
+            )
         self.watch.attach(model)
         self.pending.clear()
 
@@ -72,25 +97,3 @@ class LARCallback(TrainerCallback):
 def _mean(values: list[float]) -> float:
     finite = [v for v in values if math.isfinite(v)]
     return sum(finite) / len(finite) if finite else math.nan
-
-
-def _run_before_the_reporters(callback: LARCallback) -> None:
-    """Move `callback` to the front of its trainer's callbacks, so its `on_log` adds LAR to the
-    `logs` dict before the reporters (TensorBoardCallback, WandbCallback, …) write that dict out:
-    the trainer puts user callbacks after them, and a reporter reads `logs` only once. The
-    trainer hands its callbacks no reference to their handler, so the handler is found up the
-    stack: the `CallbackHandler` whose `call_event` is dispatching `on_train_begin`. Moving the
-    callback while `call_event` loops over the list calls no callback twice and skips none: the
-    ones before it shift one place on, behind the loop's index."""
-    frame = sys._getframe(1)
-    while frame is not None:
-        handler = frame.f_locals.get("self")
-        if isinstance(handler, CallbackHandler) and callback in handler.callbacks:
-            handler.callbacks.remove(callback)
-            handler.callbacks.insert(0, callback)
-            return
-        frame = frame.f_back
-    log.warning(
-        "LARCallback could not place itself before the trainer's reporters: LAR reaches "
-        "trainer.state.log_history, but maybe not TensorBoard or W&B"
-    )
