@@ -32,6 +32,7 @@ log = logging.getLogger("grokking")
 # (pyproject.toml maps it there), so neither layout needs a second copy.
 PACKAGE = Path(__file__).resolve().parents[1]
 CONF_DIR = (PACKAGE if (PACKAGE / "conf").is_dir() else PACKAGE.parent) / "conf"
+CONFIG_NAME = "config"  # each family's top config: conf/<family>/config.yaml
 # Overrides that choose how a sweep runs, not what a run computes: not in a run folder's name.
 LAUNCH_KEYS = ("sweeps", "+sweeps", "hydra/launcher")
 
@@ -68,7 +69,7 @@ OmegaConf.register_new_resolver(
 
 
 class Command:
-    """The command of `family`, whose config is conf/<family name>/config.yaml."""
+    """The command of `family`, whose config folder is conf/<family name>/."""
 
     def __init__(self, family: Family):
         self.family, self.config_dir = family, str(CONF_DIR / family.name)
@@ -84,7 +85,7 @@ class Command:
 
     def _compose(self, overrides, hydra_node: bool = False) -> DictConfig:
         with hydra.initialize_config_dir(self.config_dir, version_base="1.3"):
-            return hydra.compose("config", list(overrides), return_hydra_config=hydra_node)
+            return hydra.compose(CONFIG_NAME, list(overrides), return_hydra_config=hydra_node)
 
     def check_command_line(self, arguments: list[str]) -> None:
         """Refuse, in the project's words, a command line whose config Hydra cannot compose or
@@ -133,7 +134,7 @@ class Command:
 
     def main(self) -> None:
         self.check_command_line(sys.argv[1:])
-        hydra.main(version_base="1.3", config_path=self.config_dir, config_name="config")(
+        hydra.main(version_base="1.3", config_path=self.config_dir, config_name=CONFIG_NAME)(
             self.run_job
         )()
 
