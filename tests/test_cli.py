@@ -16,10 +16,12 @@ from grokking.algorithmic.tasks import TASK_NAMES
 from grokking.runs.config import ConfigError, to_dict
 
 # each command's options, as its config folder (conf/<family>/) holds them
+# each family's config groups are in conf/<family>/, its sweep files in sweeps/<family>/
+GROUP_FOLDERS = {"model": "conf/{}/model", "optim": "conf/{}/optim", "sweeps": "sweeps/{}"}
 OPTIONS = {
-    (family, group): sorted(p.stem for p in (REPO / "conf" / family / group).glob("*.yaml"))
+    (family, group): sorted(p.stem for p in (REPO / folder.format(family)).glob("*.yaml"))
     for family in ("algorithmic", "lm")
-    for group in ("model", "optim", "sweeps")
+    for group, folder in GROUP_FOLDERS.items()
 }
 SWEEP_FILES = OPTIONS["algorithmic", "sweeps"]
 # where --help lists each group's options
@@ -180,19 +182,20 @@ def test_no_module_imports_hydra_internals():
 
 @pytest.mark.slow
 def test_a_wheel_install_trains_from_any_folder(tmp_path):
-    """`pip install .` (not editable) carries conf/ inside the package."""
+    """`pip install .` (not editable) carries conf/ and sweeps/ inside the package."""
     source, site, work = tmp_path / "source", tmp_path / "site", tmp_path / "work"
     caches = shutil.ignore_patterns("__pycache__")
-    for folder in ("grokking", "conf", "hydra_plugins"):
+    for folder in ("grokking", "conf", "sweeps", "hydra_plugins"):
         shutil.copytree(REPO / folder, source / folder, ignore=caches)
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, source)
     install = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation"]
     subprocess.run([*install, "--target", str(site), str(source)], check=True, capture_output=True)
     assert (site / "grokking" / "conf" / "algorithmic" / "config.yaml").is_file()
-    assert (site / "grokking" / "conf" / "algorithmic" / "sweeps" / "smoke.yaml").is_file()
+    assert (site / "grokking" / "sweeps" / "algorithmic" / "smoke.yaml").is_file()
     assert (site / "grokking" / "conf" / "shared" / "logger" / "none.yaml").is_file()
-    assert not (REPO / "grokking" / "conf").exists()  # the checkout keeps one copy, at the top
+    for folder in ("conf", "sweeps"):  # the checkout keeps one copy, at the top
+        assert not (REPO / "grokking" / folder).exists()
 
     work.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": str(site)}

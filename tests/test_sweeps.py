@@ -29,7 +29,7 @@ def test_smoke_sweep_on_the_basic_launcher(smoke_sweep):
         grokked = summary["grokking_epoch"]
         expected_stop = min(600, 3 * grokked) if grokked else 600
         assert summary["final_epoch"] == expected_stop  # 3 x its own grokking epoch, or budget
-    for seed in (0, 1):  # what conf/algorithmic/sweeps/smoke.yaml says of addition, on any CPU
+    for seed in (0, 1):  # what sweeps/algorithmic/smoke.yaml says of addition, on any CPU
         summary = summaries[f"seed={seed},task=add"]
         assert summary["memorization_epoch"] < summary["grokking_epoch"] <= 600
     assert "sweep: 4 runs into outputs/sweeps/smoke" in result.stdout

@@ -55,7 +55,7 @@ class ModelConfig:
 class OptimConfig:
     name: OptimizerName = OptimizerName.adam
     # peak rate of the optimizer named (Adam's; muon.yaml sets Muon's): the best final validation
-    # loss of conf/lm/sweeps/lm_lr.yaml on the largest set (docs/method.md §4)
+    # loss of sweeps/lm/lm_lr.yaml on the largest set (docs/method.md §4)
     lr: float = 8e-3
     adam_lr: float = 8e-3  # under muon: the peak rate of the Adam-side parameters
     beta1: float = 0.9

@@ -28,10 +28,11 @@ from grokking.runs.sweep import default_threads, refuse
 
 log = logging.getLogger("grokking")
 
-# conf/ sits at the top of a source checkout; a wheel carries it inside the package
-# (pyproject.toml maps it there), so neither layout needs a second copy.
+# conf/ and sweeps/ sit at the top of a source checkout; a wheel carries them inside the package
+# (pyproject.toml maps them there), so neither layout needs a second copy.
 PACKAGE = Path(__file__).resolve().parents[1]
-CONF_DIR = (PACKAGE if (PACKAGE / "conf").is_dir() else PACKAGE.parent) / "conf"
+ROOT = PACKAGE if (PACKAGE / "conf").is_dir() else PACKAGE.parent
+CONF_DIR, SWEEPS_DIR = ROOT / "conf", ROOT / "sweeps"
 CONFIG_NAME = "config"  # each family's top config: conf/<family>/config.yaml
 # Overrides that choose how a sweep runs, not what a run computes: not in a run folder's name.
 LAUNCH_KEYS = ("sweeps", "+sweeps", "hydra/launcher")
@@ -54,10 +55,10 @@ OmegaConf.register_new_resolver("run_name", run_name, replace=True)
 # A family's config puts conf/shared on Hydra's search path, for the groups every family shares;
 # its own groups are found in its folder only, so a wrong family's option is refused up front.
 OmegaConf.register_new_resolver("grokking_shared", lambda: str(CONF_DIR / "shared"), replace=True)
-# --help lists the options of a config group (algorithmic/task, lm/sweeps) from the files.
+# --help lists the options of a config group (conf/algorithmic/task, sweeps/lm) from the files.
 OmegaConf.register_new_resolver(
     "grokking_options",
-    lambda group: ", ".join(sorted(path.stem for path in (CONF_DIR / group).glob("*.yaml"))),
+    lambda group: ", ".join(sorted(path.stem for path in (ROOT / group).glob("*.yaml"))),
     replace=True,
 )
 # The keys left out of a run folder's name: the family schema's RUNTIME_FIELDS and LAUNCH_KEYS.
@@ -84,6 +85,7 @@ class Command:
         return cfg
 
     def _compose(self, overrides, hydra_node: bool = False) -> DictConfig:
+        register_sweeps(self.family.name)
         with hydra.initialize_config_dir(self.config_dir, version_base="1.3"):
             return hydra.compose(CONFIG_NAME, list(overrides), return_hydra_config=hydra_node)
 
@@ -134,9 +136,22 @@ class Command:
 
     def main(self) -> None:
         self.check_command_line(sys.argv[1:])
+        register_sweeps(self.family.name)
         hydra.main(version_base="1.3", config_path=self.config_dir, config_name=CONFIG_NAME)(
             self.run_job
         )()
+
+
+def register_sweeps(family_name: str) -> None:
+    """Make the sweep files of the family (sweeps/<family>/NAME.yaml), and only those, the options
+    of the config group `sweeps`, so `+sweeps=NAME` picks one. Why not a search path: Hydra names
+    a group after its folder, and sweeps/ stays at the repository's top with a folder per family.
+    The store is one per process (a notebook may compose both families' configs): the group is
+    emptied first."""
+    ConfigStore.instance().repo.pop("sweeps", None)
+    for path in sorted((SWEEPS_DIR / family_name).glob("*.yaml")):
+        node = OmegaConf.load(path)  # each file is `# @package _global_`: it sets top-level keys
+        ConfigStore.instance().store(group="sweeps", name=path.stem, node=node, package="_global_")
 
 
 def _first_value(override) -> str:
