@@ -101,6 +101,7 @@ def test_a_real_last_pt_with_a_wrong_state_is_refused(micro_run, tmp_path):
     for damage in (
         lambda s: s["model"].pop("unembed.weight"),
         lambda s: s["optimizer"]["unembed.weight"].update(exp_avg=torch.ones(1)),
+        lambda s: s["optimizer"]["unembed.weight"].clear(),  # as before the first step
         lambda s: s.update(batch_order=torch.ones(3)),
         lambda s: s.update(events={"grokking_epoch": "soon"}),
     ):
