@@ -101,6 +101,7 @@ def test_a_real_last_pt_with_a_wrong_state_is_refused(micro_run, tmp_path):
     for damage in (
         lambda s: s["model"].pop("unembed.weight"),
         lambda s: s["optimizer"]["unembed.weight"].update(exp_avg=torch.ones(1)),
+        lambda s: s["optimizer"]["unembed.weight"].clear(),  # as before the first step
         lambda s: s.update(batch_order=torch.ones(3)),
         lambda s: s.update(events={"grokking_epoch": "soon"}),
     ):
@@ -203,6 +204,34 @@ def test_a_second_sweep_into_a_held_sweep_folder_changes_nothing(tmp_path):
     assert second.stderr.startswith(f"error: sweep is in use by pid {os.getpid()}")
     assert second.stderr.endswith("; nothing submitted\n") and second.stderr.count("\n") == 1
     assert snapshot(sweep) == before  # multirun.yaml and the run's .hydra/ included
+
+
+@pytest.mark.parametrize("kind", ["link", "directory"])
+def test_a_multirun_yaml_that_is_not_a_file_is_refused_before_anything_is_written(tmp_path, kind):
+    victim = tmp_path / "victim.yaml"
+    victim.write_text("precious\n")
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    record = sweep / "multirun.yaml"
+    record.symlink_to(victim) if kind == "link" else record.mkdir()
+    result = run_cli(*PACKED, "seed=0", "hydra.sweep.dir=sweep", cwd=tmp_path)
+    assert result.returncode == 1
+    what = "is a symbolic link; refused" if kind == "link" else "is a directory"
+    assert result.stderr.startswith(f"error: sweep/multirun.yaml {what}")
+    assert result.stderr.endswith("; nothing submitted\n") and result.stderr.count("\n") == 1
+    assert victim.read_text() == "precious\n"
+    assert [path.name for path in sweep.iterdir()] == ["multirun.yaml"]
+
+
+def test_two_jobs_of_a_sweep_in_one_folder_are_refused_before_launch(tmp_path):
+    result = run_cli(
+        *PACKED, "seed=0,1", "hydra.sweep.dir=sweep", "hydra.sweep.subdir=same", cwd=tmp_path
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: sweep job 1 (") and "seed=1" in result.stderr
+    assert "hydra.sweep.subdir: sweep/same is sweep job 0's folder too (" in result.stderr
+    assert result.stderr.endswith("; nothing submitted\n") and result.stderr.count("\n") == 1
+    assert not (tmp_path / "sweep").exists()
 
 
 def test_a_sweep_whose_run_folder_is_held_changes_nothing(tmp_path):

@@ -1,4 +1,5 @@
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -6,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import completed_summaries, run_cli
+from conftest import TINY_OVERRIDES, completed_summaries, run_cli
 from omegaconf import OmegaConf
 
 from grokking.runs.rundir import RunDir
@@ -88,6 +89,57 @@ def test_smoke_sweep_on_the_local_parallel_launcher(tmp_path):
         assert summary["status"] == "completed"
         assert summary["threads"] == 1  # cores / n_jobs with n_jobs = cores
     assert "Joblib.Parallel(n_jobs=-1" in result.stdout and "is launching 4 jobs" in result.stdout
+
+
+PARALLEL_SWEEP = [
+    *TINY_OVERRIDES,
+    "max_epochs=80",
+    "seed=0,1",
+    "hydra/launcher=parallel",
+    "hydra.launcher.n_jobs=2",
+    "hydra.sweep.dir=sweep",
+    "hydra.sweep.subdir=seed_${seed}",
+    "-m",
+]
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie that no one reaps does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
+def test_killing_a_parallel_sweep_stops_its_workers_and_the_rerun_resumes_both(tmp_path, signum):
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "grokking.train", *PARALLEL_SWEEP],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    runs = [RunDir(tmp_path / "sweep" / f"seed_{seed}") for seed in (0, 1)]
+    deadline = time.monotonic() + 120
+    while not all(run.has_checkpoint("last") and run.is_locked() for run in runs):
+        assert driver.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    workers = [json.loads((run.path / ".lock").read_text())["pid"] for run in runs]
+    driver.send_signal(signum)
+    driver.wait()
+    deadline = time.monotonic() + 5
+    while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(alive(pid) for pid in workers)
+    for run in runs:  # stopped as SIGTERM stops a run
+        assert run.read_summary()["status"] == "interrupted"
+        assert "SIGTERM at epoch" in (run.path / "train.log").read_text()
+    run_cli(*PARALLEL_SWEEP, cwd=tmp_path, check=True)
+    for run in runs:
+        assert run.status() == "completed" and run.read_summary()["final_epoch"] == 80
+        assert "resuming" in (run.path / "train.log").read_text()
 
 
 def test_a_bad_value_in_a_sweep_fails_before_any_job(tmp_path):

@@ -1,4 +1,5 @@
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,11 +11,12 @@ import pytest
 import torch
 from conftest import REPO, TINY_OVERRIDES, run_cli, tiny_config
 
-from grokking.algorithmic import train
+from grokking.algorithmic import train, train_pack
 from grokking.algorithmic.model import Transformer
 from grokking.algorithmic.record import Events, GrokkingRecord, stop_reason
 from grokking.algorithmic.tasks import make_dataset, split
 from grokking.lar import lar
+from grokking.runs import loop
 from grokking.runs.config import ConfigError, config_differences, to_dict
 from grokking.runs.rundir import RunDir
 
@@ -358,6 +360,33 @@ def test_a_full_disk_fails_the_run_keeps_the_last_checkpoint_and_resumes_later(
     assert resumed["status"] == "completed"
     same_metrics(run, RunDir(tmp_path / "whole"))
     assert resumed["final"] == complete["final"]
+
+
+@pytest.mark.parametrize("size", [1, 2], ids=["single", "pack"])
+def test_a_kill_9_after_any_evaluation_resumes_to_the_uninterrupted_result(
+    tmp_path, monkeypatch, size
+):
+    """A kill -9 leaves the run folders as they were at that instant: a copy of them after each
+    evaluation is what a kill there leaves. The first holds the last.pt of epoch 0, saved before
+    the optimizer's first step: all a kill in a run's first minute finds (save_every_s=60)."""
+    cfgs = [tiny_config(max_epochs=15, seed=seed) for seed in range(size)]
+    killed = []
+    evaluate = loop._evaluate
+
+    def evaluate_then_copy(engine, due, pack=None):
+        evaluate(engine, due, pack)
+        if due:
+            killed.append(shutil.copytree(tmp_path / "whole", tmp_path / f"killed_{len(killed)}"))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(loop, "_evaluate", evaluate_then_copy)
+        train_pack([(cfg, tmp_path / "whole" / str(i)) for i, cfg in enumerate(cfgs)])
+    assert len(killed) == 4  # epochs 0, 5, 10, 15
+    for folder in killed:
+        resumed = train_pack([(cfg, folder / str(i)) for i, cfg in enumerate(cfgs)])
+        assert all(summary["status"] == "completed" for summary in resumed)
+        for i in range(size):
+            same_metrics(RunDir(folder / str(i)), RunDir(tmp_path / "whole" / str(i)))
 
 
 # --- following a run ---------------------------------------------------------------------------

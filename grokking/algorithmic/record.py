@@ -85,9 +85,12 @@ class GrokkingRecord(RunRecord):
         shapes = self.model_shapes()
         if set(saved["optimizer"]) != set(shapes):
             return "optimizer state for other parameters"
+        # AdamW makes its moments at its first step: a resume point saved before it has none
+        expected = {"exp_avg", "exp_avg_sq"} if saved["optimizer_step"] else set()
         for name, moments in saved["optimizer"].items():
-            if not isinstance(moments, dict) or set(moments) != {"exp_avg", "exp_avg_sq"}:
-                return f"no optimizer moments of {name!r}"
+            if not isinstance(moments, dict) or set(moments) != expected:
+                what = "no optimizer moments" if expected else "optimizer moments before step 1"
+                return f"{what} of {name!r}"
             if any(
                 not isinstance(value, torch.Tensor) or value.shape != shapes[name]
                 for value in moments.values()

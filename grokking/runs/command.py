@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import multiprocessing
+import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
@@ -119,20 +125,21 @@ class Command:
         hydra_cfg = HydraConfig.get()
         if run_cfg.threads == 0:
             run_cfg.threads = default_threads(hydra_cfg)
-        try:
-            self.family.check(run_cfg)
-            check_device_here(run_cfg)  # on the machine that trains, e.g. a SLURM node
-            output_dir = Path(hydra_cfg.runtime.output_dir)
-            train(self.family, run_cfg, output_dir, hydra_files(cfg))
-        except ConfigError as error:
-            refuse(str(error))
-        except RunFailed as error:
-            refuse(f"run failed: {error}", code=1)
-        except (RunLocked, DamagedFile, DiskFull) as error:  # each says what to do
-            refuse(str(error), code=1)
-        except Interrupted as error:
-            log.warning("%s; rerun the same command to resume", error)
-            sys.exit(128 + error.signum)
+        with stopped_with_its_driver():
+            try:
+                self.family.check(run_cfg)
+                check_device_here(run_cfg)  # on the machine that trains, e.g. a SLURM node
+                output_dir = Path(hydra_cfg.runtime.output_dir)
+                train(self.family, run_cfg, output_dir, hydra_files(cfg))
+            except ConfigError as error:
+                refuse(str(error))
+            except RunFailed as error:
+                refuse(f"run failed: {error}", code=1)
+            except (RunLocked, DamagedFile, DiskFull) as error:  # each says what to do
+                refuse(str(error), code=1)
+            except Interrupted as error:
+                log.warning("%s; rerun the same command to resume", error)
+                sys.exit(128 + error.signum)
 
     def main(self) -> None:
         self.check_command_line(sys.argv[1:])
@@ -152,6 +159,40 @@ def register_sweeps(family_name: str) -> None:
     for path in sorted((SWEEPS_DIR / family_name).glob("*.yaml")):
         node = OmegaConf.load(path)  # each file is `# @package _global_`: it sets top-level keys
         ConfigStore.instance().store(group="sweeps", name=path.stem, node=node, package="_global_")
+
+
+# How often a job in a worker process looks whether the sweep's driver is still there.
+DRIVER_CHECK_S = 0.5
+
+
+@contextmanager
+def stopped_with_its_driver() -> Iterator[None]:
+    """A job in a worker process of the sweep's driver (hydra/launcher=parallel: joblib's loky
+    workers) stops when the driver dies, as SIGTERM stops a run (last.pt saved, status
+    interrupted), and its worker ends: a driver killed (`kill -9`, or SIGTERM, which it does not
+    catch) cannot stop its workers, which would train on, re-parented, and then wait for work
+    forever. A job in the command's own process (the basic and packed launchers, SLURM) has no
+    driver to lose: a closed terminal does not stop it."""
+    driver = multiprocessing.parent_process()
+    if driver is None:
+        yield
+        return
+    done = threading.Event()
+    threading.Thread(target=_stop_when_gone, args=(driver.pid, done), daemon=True).start()
+    try:
+        yield
+    finally:
+        done.set()
+        if os.getppid() != driver.pid:  # no driver collects the result or sends another job
+            os._exit(128 + signal.SIGTERM)
+
+
+def _stop_when_gone(driver: int, done: threading.Event) -> None:
+    """Send this process SIGTERM once it is re-parented (its driver died), unless `done`."""
+    while not done.wait(DRIVER_CHECK_S):
+        if os.getppid() != driver:
+            os.kill(os.getpid(), signal.SIGTERM)  # the loop saves and stops between two units
+            return
 
 
 def _first_value(override) -> str:

@@ -107,8 +107,8 @@ def open_regular(path: Path, flags: int, todo: str, mode: int = 0o666) -> int:
         _raise_if_disk_full(error, path)
         if error.errno == errno.ELOOP:
             raise DamagedFile(
-                f"{path} is a symbolic link; refused (files of a run folder are never followed "
-                f"through links): {todo}"
+                f"{path} is a symbolic link; refused (files of run and sweep folders are never "
+                f"followed through links): {todo}"
             ) from None
         what = "is a directory" if error.errno == errno.EISDIR else f"cannot be opened ({error})"
         raise DamagedFile(f"{path} {what}: {todo}") from None

@@ -34,7 +34,10 @@ from grokking.runs.rundir import (
     DiskFull,
     RunDir,
     RunLocked,
+    open_regular,
 )
+
+MULTIRUN_RECORD = "multirun.yaml"  # what Hydra writes into a sweep folder
 
 
 def refuse(message: str, code: int = 2):
@@ -130,13 +133,22 @@ class CheckBeforeLaunch(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         jobs = sweep_jobs(config)
+        first_job_of: dict[Path, int] = {}  # run folder -> the first job writing it
         for number, overrides in enumerate(jobs):
             try:
                 job_config = compose_job(config, overrides)
                 train_cfg = self._checked(job_config)
                 if not runs_elsewhere(config):  # SLURM nodes have devices this machine lacks
                     check_device_here(train_cfg)
-                check_folder(train_cfg, job_dir(job_config))
+                folder = job_dir(job_config)
+                first = first_job_of.setdefault(folder, number)
+                if first != number:  # it would be refused mid-sweep, or resume the first's run
+                    raise ConfigError(
+                        f"hydra.sweep.subdir: {folder} is sweep job {first}'s folder too "
+                        f"({' '.join(jobs[first])}); give each job its own (the default names "
+                        "it by the job's overrides)"
+                    )
+                check_folder(train_cfg, folder)
             except COMPOSITION_ERRORS as error:  # ours, or Hydra's (unknown task, typo)
                 job = " ".join(overrides)
                 reason = explain(error, self.family.schema)
@@ -144,8 +156,10 @@ class CheckBeforeLaunch(Callback):
             except (RunLocked, DamagedFile, DiskFull) as error:  # each names its folder
                 refuse(f"{error}; nothing submitted", code=1)
         HydraConfig.instance().set_config(config)  # back to the sweep's own config
+        sweep = RunDir(config.hydra.sweep.dir)
         try:  # every job checked: only now is anything written (the folder and its .lock)
-            self._held.enter_context(RunDir(config.hydra.sweep.dir).lock("sweep folder"))
+            check_sweep_record(sweep.path)
+            self._held.enter_context(sweep.lock("sweep folder"))
         except (RunLocked, DamagedFile, DiskFull) as error:
             refuse(f"{error}; nothing submitted", code=1)
         print(f"sweep: {len(jobs)} runs into {config.hydra.sweep.dir}", flush=True)
@@ -159,6 +173,16 @@ def check_folder(cfg: RunConfig, run_dir: Path) -> None:
     holds a run of another config; DamagedFile when its summary cannot be read back."""
     RunDir(run_dir).check_free()
     check_same_config(cfg, run_dir)
+
+
+def check_sweep_record(sweep_dir: Path) -> None:
+    """DamagedFile when anything but a regular file stands at <sweep>/multirun.yaml, which Hydra
+    then rewrites: it would write through a link, and fail on a directory with a traceback."""
+    todo = "remove it; the sweep writes a new one"
+    try:
+        os.close(open_regular(sweep_dir / MULTIRUN_RECORD, os.O_RDONLY, todo))
+    except FileNotFoundError:  # a new sweep folder
+        pass
 
 
 class SweepProgress(Callback):
