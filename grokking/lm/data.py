@@ -48,7 +48,10 @@ def _dataset(
     source, vocab_size, cache_dir, val_fraction, split_seed, subset_seed, train_tokens,
     context, batch_size, val_batches,
 ) -> Dataset:  # fmt: skip
-    corpus = load_corpus(source, vocab_size, cache_dir)
+    try:
+        corpus = load_corpus(source, vocab_size, cache_dir)
+    except ValueError as error:  # names the argument: source, vocab_size or cache_dir
+        raise ConfigError(f"data.{error}") from None
     train_docs, val_docs = split_documents(corpus.n_documents, val_fraction, split_seed)
     try:
         stream = training_stream(corpus, train_docs, train_tokens, subset_seed)
