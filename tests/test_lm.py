@@ -69,6 +69,42 @@ def test_a_run_resumes_only_on_the_data_it_started_on(tiny_run):
     assert record.family_problem(saved) is None
     problem = record.family_problem(saved | {"train_hash": "0123"})
     assert problem.startswith("it trained on other data (training-set hash 0123, now ")
+    problem = record.family_problem(saved | {"val_hash": "0123"})
+    assert problem.startswith("it was validated on other data (validation-set hash 0123, now ")
+
+
+def test_a_validation_document_edited_in_place_is_no_resume(tmp_path, corpus_dir):
+    """Killed, a validation document edited, rerun: refused, as for the training set."""
+    import shutil
+
+    from grokking.lm import load_config, train
+    from grokking.lm.corpus import split_documents
+    from grokking.lm.data import _dataset, dataset
+    from grokking.runs.rundir import DamagedCheckpoint
+
+    source = tmp_path / "corpus"
+    shutil.copytree(corpus_dir, source)
+    overrides = tiny_lm(source, tmp_path / "cache") + ["token_budget=512", "eval_every=1"]
+    cfg = load_config(overrides)
+    run = RunDir(tmp_path / "run")
+    first = train(cfg, run.path)
+    summary = run.read_summary()
+    run.write_summary(summary | {"status": "running"})  # what a kill -9 leaves
+    # Swap two validation documents: the same texts, so the same BPE and training tokens.
+    files = sorted(source.iterdir())
+    _, (a, b, *_) = split_documents(len(files), cfg.data.val_fraction, cfg.data.split_seed)
+    text_a, text_b = files[a].read_text(), files[b].read_text()
+    files[a].write_text(text_b)
+    files[b].write_text(text_a)
+    _dataset.cache_clear()  # as a new process would
+    with pytest.raises(DamagedCheckpoint) as refused:
+        train(cfg, run.path)
+    assert f"{run.checkpoint_path('last')} is not a resume point of this run (it was validated" in (
+        str(refused.value)
+    )
+    now = dataset(cfg).meta
+    assert now["train_hash"] == first["data"]["train_hash"]  # only validation changed
+    assert now["val_hash"] != first["data"]["val_hash"]
 
 
 def _flat_config(run: RunDir) -> dict:

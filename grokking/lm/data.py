@@ -61,6 +61,7 @@ def _dataset(
     val = _windows(validation_stream(corpus, val_docs), context, "data.val_fraction")
     n_val = min(len(val), val_batches * batch_size)
     picked = torch.randperm(len(val), generator=torch.Generator().manual_seed(split_seed))
+    val = val[picked[:n_val]]
     probe = torch.randperm(len(train), generator=torch.Generator().manual_seed(subset_seed))
     meta = corpus.meta | {
         "n_train_documents": len(train_docs),
@@ -68,9 +69,14 @@ def _dataset(
         "train_tokens": len(stream),
         "train_sequences": len(train),
         "val_tokens": n_val * context,
-        "train_hash": hashlib.sha256(stream.numpy().tobytes()).hexdigest()[:16],
+        "train_hash": _hash(stream),  # the probe batch is cut from it
+        "val_hash": _hash(val),
     }
-    return Dataset(train, val[picked[:n_val]], train[probe[:batch_size]], meta)
+    return Dataset(train, val, train[probe[:batch_size]], meta)
+
+
+def _hash(tokens: torch.Tensor) -> str:
+    return hashlib.sha256(tokens.contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
 def _windows(stream: torch.Tensor, context: int, field: str) -> torch.Tensor:
