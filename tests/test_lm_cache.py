@@ -290,3 +290,25 @@ def test_a_lock_that_is_a_link_is_refused_not_followed(source, tmp_path, refusal
     code, stderr = refusal(*lm_overrides(source, cache), family="lm")
     assert (code, stderr) == (1, f"error: {message}\n")
     assert sorted(path.name for path in cache.iterdir()) == [f"{key}.lock"]
+
+
+# --- a run on a damaged cache ----------------------------------------------------------------
+@pytest.mark.parametrize("fill", [0, 65000])  # wrong data, trained on silently; ids past the vocab
+def test_a_run_on_a_damaged_cache_trains_on_its_corpus(tmp_path, corpus_dir, caplog, fill):
+    from conftest import tiny_lm
+
+    from grokking.lm import load_config, train
+    from grokking.lm.data import _dataset, dataset
+
+    cfg = load_config([*tiny_lm(corpus_dir, tmp_path / "cache"), "token_budget=512"])
+    clean = dataset(cfg).meta
+    tokens = tmp_path / "cache" / clean["cache_key"] / "tokens.npy"
+    save_npy(tokens, np.full_like(np.load(tokens), fill))
+    _dataset.cache_clear()  # as a new process would
+    with caplog.at_level(logging.WARNING, logger="grokking"):
+        summary = train(cfg, tmp_path / "run")
+    assert f"{tokens} does not match the sha256 meta.json records: rebuilding" in caplog.text
+    assert summary["status"] == "completed"
+    assert {key: summary["data"][key] for key in ("train_hash", "val_hash")} == {
+        key: clean[key] for key in ("train_hash", "val_hash")
+    }
