@@ -202,13 +202,14 @@ def test_a_read_only_cache_is_read_without_its_lock(source, disk):
     assert same_corpus(load_corpus(source, VOCAB, cache), good)
 
 
-def test_a_damaged_cache_that_cannot_be_rebuilt_is_one_line(source, disk, refusal, tmp_path):
+def test_a_damaged_cache_that_cannot_be_rebuilt_is_one_line(source, disk, refusal, caplog):
     cache = disk() / "cache"
     _, folder = build(source, cache)
     DAMAGES["tokens zeros of the same length"][1](folder / "tokens.npy")
     read_only(cache.parent)
     with pytest.raises(DamagedFile) as damaged:
         load_corpus(source, VOCAB, cache)
+    assert "rebuilding" not in caplog.text  # the refusal is the only line
     assert str(damaged.value) == (
         f"{folder}/tokens.npy does not match the sha256 meta.json records, and it cannot be "
         f"rebuilt here (Read-only file system): delete {folder}, or make {cache} "

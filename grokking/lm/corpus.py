@@ -336,8 +336,8 @@ def _open_or_build(folder: Path, build: Callable[[Path], None]) -> Corpus:
             except FileNotFoundError:
                 pass
             except _Damaged as error:
+                _remove(folder)  # first: where it cannot be, the refusal is the only line
                 log.warning("%s: rebuilding the cache from the corpus", error)
-                _remove(folder)
             _stage(folder, build)
             return _open(folder)
     except OSError as error:
