@@ -4,6 +4,7 @@ import fcntl
 import logging
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -147,6 +148,20 @@ def test_the_command_refuses_a_bad_source_in_one_line(refusal, tmp_path, make):
     assert stderr.startswith(f"error: data.source: '{target}' {BAD_SOURCES[make]}")
     assert stderr.count("\n") == 1
     assert not any(Path.cwd().iterdir())  # no run folder, no cache
+
+
+def test_an_unreadable_file_is_refused_by_name(tmp_path, monkeypatch):
+    folder = write_corpus(tmp_path / "corpus")
+
+    def refuse(path):  # what a file without read permission gives (root reads any)
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(Path, "read_bytes", refuse)
+    unreadable = corpus_files(folder)[1][0]
+    message = f"source: cannot read {unreadable} (Permission denied): make it readable, or move"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}"):
+        load_corpus(folder, VOCAB, tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()
 
 
 def test_hash_follows_contents_and_names_not_location(tmp_path):
