@@ -2,9 +2,11 @@
 kill and resume, the probe on the HF model's unembedding, the Muon split, the schedule, and the
 refusals."""
 
+import dataclasses
 import subprocess
 import sys
 import time
+import typing
 from pathlib import Path
 
 import pandas as pd
@@ -13,9 +15,10 @@ import torch
 from conftest import run_cli, tiny_lm
 
 from grokking.lar import LARProbe, lar
-from grokking.lm.config import LMConfig, OptimConfig, OptimizerName
+from grokking.lm.config import FLOAT_RANGES, LMConfig, OptimConfig, OptimizerName
 from grokking.lm.model import build_model, matrix_role
 from grokking.lm.optim import lr_factor, make_optimizers, split_parameters
+from grokking.runs.config import RunConfig
 from grokking.runs.rundir import RunDir, find_runs
 
 
@@ -66,6 +69,42 @@ def test_a_run_resumes_only_on_the_data_it_started_on(tiny_run):
     assert record.family_problem(saved) is None
     problem = record.family_problem(saved | {"train_hash": "0123"})
     assert problem.startswith("it trained on other data (training-set hash 0123, now ")
+    problem = record.family_problem(saved | {"val_hash": "0123"})
+    assert problem.startswith("it was validated on other data (validation-set hash 0123, now ")
+
+
+def test_a_validation_document_edited_in_place_is_no_resume(tmp_path, corpus_dir):
+    """Killed, a validation document edited, rerun: refused, as for the training set."""
+    import shutil
+
+    from grokking.lm import load_config, train
+    from grokking.lm.corpus import split_documents
+    from grokking.lm.data import _dataset, dataset
+    from grokking.runs.rundir import DamagedCheckpoint
+
+    source = tmp_path / "corpus"
+    shutil.copytree(corpus_dir, source)
+    overrides = tiny_lm(source, tmp_path / "cache") + ["token_budget=512", "eval_every=1"]
+    cfg = load_config(overrides)
+    run = RunDir(tmp_path / "run")
+    first = train(cfg, run.path)
+    summary = run.read_summary()
+    run.write_summary(summary | {"status": "running"})  # what a kill -9 leaves
+    # Swap two validation documents: the same texts, so the same BPE and training tokens.
+    files = sorted(source.iterdir())
+    _, (a, b, *_) = split_documents(len(files), cfg.data.val_fraction, cfg.data.split_seed)
+    text_a, text_b = files[a].read_text(), files[b].read_text()
+    files[a].write_text(text_b)
+    files[b].write_text(text_a)
+    _dataset.cache_clear()  # as a new process would
+    with pytest.raises(DamagedCheckpoint) as refused:
+        train(cfg, run.path)
+    assert f"{run.checkpoint_path('last')} is not a resume point of this run (it was validated" in (
+        str(refused.value)
+    )
+    now = dataset(cfg).meta
+    assert now["train_hash"] == first["data"]["train_hash"]  # only validation changed
+    assert now["val_hash"] != first["data"]["val_hash"]
 
 
 def _flat_config(run: RunDir) -> dict:
@@ -154,12 +193,38 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path, tiny_run, corpus_dir)
         ("token_budget=10", "token_budget: must hold at least one step"),
         ("optim=adamx", "optim: no option 'adamx'; allowed: adam, muon"),
         ("model.width=3", "model.width: not a config key"),
+        (
+            "model.attn_logit_softcapping=inf",
+            "model.attn_logit_softcapping: must be a finite number > 0, or null (off), got inf",
+        ),
+        ("optim.eps=inf", "optim.eps: must be a finite number > 0, got inf"),
+        ("optim.eps=0", "optim.eps: must be a finite number > 0, got 0.0"),
+        ("optim.grad_clip=inf", "optim.grad_clip: must be a finite number ≥ 0 (0: off), got inf"),
+        ("optim.weight_decay=nan", "optim.weight_decay: must be a finite number ≥ 0, got nan"),
+        ("optim.beta2=-0.5", "optim.beta2: must be a number in [0, 1), got -0.5"),
+        ("data.val_fraction=nan", "data.val_fraction: must be a number in (0, 1), got nan"),
     ],
 )
 def test_bad_values_are_refused_before_anything_is_written(refusal, override, message):
     code, stderr = refusal(*override.split(), family="lm")
     assert code == 2 and message in stderr, stderr
     assert not any(Path.cwd().iterdir())
+
+
+def test_every_float_field_has_its_range():
+    """A float field added to the schema without a range in FLOAT_RANGES would accept inf."""
+
+    def float_fields(schema: type, prefix: str = "") -> set[str]:
+        found = set()
+        for name, hint in typing.get_type_hints(schema).items():
+            if dataclasses.is_dataclass(hint):
+                found |= float_fields(hint, f"{prefix}{name}.")
+            elif float in (hint, *typing.get_args(hint)):
+                found.add(prefix + name)
+        return found
+
+    run_fields = float_fields(RunConfig)  # validate_run checks those
+    assert set(FLOAT_RANGES) == float_fields(LMConfig) - run_fields
 
 
 def test_the_command_line_refuses_in_one_line(tmp_path):

@@ -4,6 +4,7 @@ import fcntl
 import logging
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -97,20 +98,70 @@ def test_stdlib_files():
     assert len(corpus_hash(root, files)) == 64
 
 
-@pytest.mark.parametrize("make", ["missing", "empty", "only_hidden", "a_file"])
-def test_bad_folder_is_refused_by_name(tmp_path, make):
+# What each bad `data.source` is refused with (after "source: '<path>' ").
+BAD_SOURCES = {
+    "missing": "does not exist: name a folder of text files, or null for",
+    "empty": "holds 0 non-hidden file(s); the split into training and validation documents",
+    "only_hidden": "holds 0 non-hidden file(s)",
+    "a_file": "is not a folder: name a folder",
+    "one_document": "holds 1 non-hidden file(s); the split",
+    "symlink_loop": "cannot be resolved (Symlink loop",
+}
+
+
+def bad_source(tmp_path: Path, make: str) -> Path:
     target = tmp_path / "corpus"
-    if make == "empty":
+    if make in ("empty", "only_hidden", "one_document"):
         target.mkdir()
-    elif make == "only_hidden":
-        target.mkdir()
+    if make == "only_hidden":
         (target / ".only").write_text("x")
+        (target / ".git").mkdir()
+        (target / ".git" / "config").write_text("x")
+    elif make == "one_document":
+        (target / "only.txt").write_text("one document cannot be split\n")
     elif make == "a_file":
         target.write_text("x")
-    with pytest.raises(ValueError, match="corpus folder.*corpus"):
+    elif make == "symlink_loop":
+        target.symlink_to(tmp_path / "loop")
+        (tmp_path / "loop").symlink_to(target)
+    return target
+
+
+@pytest.mark.parametrize("make", BAD_SOURCES)
+def test_bad_source_is_refused_by_name(tmp_path, make):
+    target = bad_source(tmp_path, make)
+    message = f"source: '{target}' {BAD_SOURCES[make]}"
+    with pytest.raises(ValueError) as refused:
         corpus_files(target)
-    with pytest.raises(ValueError, match="corpus folder.*corpus"):
+    assert str(refused.value).startswith(message)
+    with pytest.raises(ValueError) as refused:
         load_corpus(target, VOCAB, tmp_path / "cache")
+    assert str(refused.value).startswith(message)
+    assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("make", BAD_SOURCES)
+def test_the_command_refuses_a_bad_source_in_one_line(refusal, tmp_path, make):
+    target = bad_source(tmp_path, make)
+    code, stderr = refusal(f"data.source={target}", family="lm")
+    assert code == 2
+    assert stderr.startswith(f"error: data.source: '{target}' {BAD_SOURCES[make]}")
+    assert stderr.count("\n") == 1
+    assert not any(Path.cwd().iterdir())  # no run folder, no cache
+
+
+def test_an_unreadable_file_is_refused_by_name(tmp_path, monkeypatch):
+    folder = write_corpus(tmp_path / "corpus")
+
+    def refuse(path):  # what a file without read permission gives (root reads any)
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(Path, "read_bytes", refuse)
+    unreadable = corpus_files(folder)[1][0]
+    message = f"source: cannot read {unreadable} (Permission denied): make it readable, or move"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}"):
+        load_corpus(folder, VOCAB, tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()
 
 
 def test_hash_follows_contents_and_names_not_location(tmp_path):

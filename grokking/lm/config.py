@@ -5,7 +5,9 @@ docs/method.md), and `validate`, which refuses a bad value with one line naming 
 from __future__ import annotations
 
 import enum
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar, Optional
 
@@ -91,6 +93,34 @@ class LMConfig(RunConfig):
         return self.token_budget // self.tokens_per_step
 
 
+# What every float field of the schema (RunConfig's aside: validate_run checks them) may hold, in
+# one table: (the refusal's words, the test of a finite value). inf and nan are refused before
+# the test: both slip through comparisons such as `eps > 0` or `grad_clip >= 0`.
+FLOAT_RANGES: dict[str, tuple[str, Callable[[float], bool]]] = {
+    "data.val_fraction": ("a number in (0, 1)", lambda v: 0 < v < 1),
+    "model.attn_logit_softcapping": ("a finite number > 0, or null (off)", lambda v: v > 0),
+    "optim.lr": ("a finite number > 0", lambda v: v > 0),
+    "optim.adam_lr": ("a finite number > 0", lambda v: v > 0),
+    "optim.beta1": ("a number in [0, 1)", lambda v: 0 <= v < 1),
+    "optim.beta2": ("a number in [0, 1)", lambda v: 0 <= v < 1),
+    "optim.eps": ("a finite number > 0", lambda v: v > 0),
+    "optim.weight_decay": ("a finite number ≥ 0", lambda v: v >= 0),
+    "optim.momentum": ("a number in [0, 1)", lambda v: 0 <= v < 1),
+    "optim.warmup_fraction": ("a number in [0, 1)", lambda v: 0 <= v < 1),
+    "optim.final_lr_fraction": ("a number in [0, 1]", lambda v: 0 <= v <= 1),
+    "optim.grad_clip": ("a finite number ≥ 0 (0: off)", lambda v: v >= 0),
+}
+
+
+def check_floats(cfg: LMConfig) -> None:
+    """ConfigError for the first float field outside its FLOAT_RANGES entry."""
+    for name, (allowed, ok) in FLOAT_RANGES.items():
+        value = functools.reduce(getattr, name.split("."), cfg)
+        if value is None:  # the schema lets only Optional[float] fields be null
+            continue
+        require(math.isfinite(value) and ok(value), f"{name}: must be {allowed}, got {value}")
+
+
 def validate(cfg: LMConfig) -> None:
     """Raise ConfigError for the first value that is not allowed. Whether the corpus holds
     `data.train_tokens` is checked once it is tokenized (`lm.data.check_sizes`)."""
@@ -101,7 +131,6 @@ def validate(cfg: LMConfig) -> None:
         f"data.vocab_size: must be an integer in [{MIN_VOCAB_SIZE}, {MAX_VOCAB_SIZE}], "
         f"got {d.vocab_size}",
     )
-    require(0 < d.val_fraction < 1, f"data.val_fraction: must lie in (0, 1), got {d.val_fraction}")
     for name in ("split_seed", "subset_seed"):
         value = getattr(d, name)
         require(
@@ -114,34 +143,8 @@ def validate(cfg: LMConfig) -> None:
     for name in ("n_layers", "hidden_size", "n_heads", "head_dim", "intermediate_size", "context"):
         value = getattr(m, name)
         require(value >= 1, f"model.{name}: must be an integer ≥ 1, got {value}")
-    require(
-        m.attn_logit_softcapping is None or m.attn_logit_softcapping > 0,
-        f"model.attn_logit_softcapping: must be > 0 or null, got {m.attn_logit_softcapping}",
-    )
-    for name in ("lr", "adam_lr"):
-        value = getattr(o, name)
-        require(
-            math.isfinite(value) and value > 0,
-            f"optim.{name}: must be a finite number > 0, got {value}",
-        )
-    for name in ("beta1", "beta2", "momentum"):
-        value = getattr(o, name)
-        require(0 <= value < 1, f"optim.{name}: must lie in [0, 1), got {value}")
-    require(o.eps > 0, f"optim.eps: must be > 0, got {o.eps}")
-    require(
-        math.isfinite(o.weight_decay) and o.weight_decay >= 0,
-        f"optim.weight_decay: must be a finite number ≥ 0, got {o.weight_decay}",
-    )
     require(o.ns_steps >= 1, f"optim.ns_steps: must be an integer ≥ 1, got {o.ns_steps}")
-    require(
-        0 <= o.warmup_fraction < 1,
-        f"optim.warmup_fraction: must lie in [0, 1), got {o.warmup_fraction}",
-    )
-    require(
-        0 <= o.final_lr_fraction <= 1,
-        f"optim.final_lr_fraction: must lie in [0, 1], got {o.final_lr_fraction}",
-    )
-    require(o.grad_clip >= 0, f"optim.grad_clip: must be ≥ 0 (0 = off), got {o.grad_clip}")
+    check_floats(cfg)
     for name in ("batch_size", "val_batches"):
         value = getattr(cfg, name)
         require(value >= 1, f"{name}: must be an integer ≥ 1, got {value}")

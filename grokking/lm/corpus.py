@@ -15,8 +15,10 @@ is a prefix of the 100k one.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
+import io
 import json
 import logging
 import numbers
@@ -24,6 +26,7 @@ import operator
 import os
 import platform
 import shutil
+import stat
 import sysconfig
 import tempfile
 import time
@@ -31,18 +34,23 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from grokking.runs.rundir import NOFOLLOW, DamagedFile, DiskFull
+
 log = logging.getLogger("grokking")
 
 EOS = "<|endoftext|>"  # appended after each document; a special token of the vocabulary
-TOKENIZER_VERSION = 1  # bump when the tokenizer recipe or the cached format changes
+TOKENIZER_VERSION = 2  # bump when the tokenizer recipe or the cached format changes (2: hashes)
 MIN_VOCAB_SIZE = 256 + 1 + 1  # the byte alphabet, EOS, and at least one merge
 MAX_VOCAB_SIZE = 65535  # ids fit uint16
-CACHE_FILES = ("tokenizer.json", "tokens.npy", "offsets.npy", "meta.json")
+DATA_FILES = ("tokenizer.json", "tokens.npy", "offsets.npy")
+META = "meta.json"  # the cache's description, and the sha256 of each file (its HASHES)
+HASHES = "sha256"
 _SKIPPED_STDLIB_DIRS = frozenset({"site-packages", "dist-packages"})  # installed packages
 _ENCODE_BATCH_CHARS = 1 << 23  # bounds the memory of one encode_batch call
 
@@ -51,7 +59,7 @@ _ENCODE_BATCH_CHARS = 1 << 23  # bounds the memory of one encode_batch call
 class Corpus:
     """A tokenized corpus: every document's ids followed by EOS, documents in file order.
 
-    `tokens` is memory-mapped from the cache (read-only); document i is
+    `tokens` is read from the cache (read-only); document i is
     `tokens[offsets[i]:offsets[i + 1]]`, its EOS included.
     """
 
@@ -72,14 +80,16 @@ class Corpus:
 # --- Files and their hash --------------------------------------------------------------------
 
 
-def corpus_files(folder: str | Path | None) -> tuple[Path, list[Path]]:
+def corpus_files(source: str | Path | None) -> tuple[Path, list[Path]]:
     """(root, files) of a corpus, files sorted by relative POSIX path.
 
     None means the standard library of this interpreter: its `*.py` files, without installed
     packages, so the corpus is the same on every machine with this Python version. A folder means
-    every regular file under it, hidden files and folders (names starting with '.') excepted.
+    every regular file under it, hidden files and folders (names starting with '.') excepted. A
+    source that is no folder, or holds fewer than the two documents a split into training and
+    validation needs, is a ValueError naming `source` and what to do.
     """
-    if folder is None:
+    if source is None:
         root = Path(sysconfig.get_paths()["stdlib"]).resolve()
         files = _walk(
             root,
@@ -87,13 +97,22 @@ def corpus_files(folder: str | Path | None) -> tuple[Path, list[Path]]:
             keep_file=lambda name: name.endswith(".py"),
         )
         return root, files
-    root = Path(folder).expanduser().resolve()
+    todo = "name a folder of text files, or null for Python's standard library"
+    try:
+        root = Path(source).expanduser().resolve()
+    except (OSError, RuntimeError) as error:  # RuntimeError: a symbolic-link loop
+        raise ValueError(f"source: {str(source)!r} cannot be resolved ({error}): {todo}") from None
     if not root.is_dir():
-        raise ValueError(f"corpus folder {str(folder)!r}: no such folder")
+        what = "is not a folder" if os.path.lexists(root) else "does not exist"
+        raise ValueError(f"source: {str(source)!r} {what}: {todo}")
     not_hidden = lambda name: not name.startswith(".")  # noqa: E731
     files = _walk(root, keep_dir=not_hidden, keep_file=not_hidden)
-    if not files:
-        raise ValueError(f"corpus folder {str(folder)!r}: holds no (non-hidden) files")
+    if len(files) < 2:
+        raise ValueError(
+            f"source: {str(source)!r} holds {len(files)} non-hidden file(s); the split into "
+            "training and validation documents needs at least 2 (files and folders named .* "
+            "are skipped)"
+        )
     return root, files
 
 
@@ -102,7 +121,7 @@ def _walk(
 ) -> list[Path]:
     """Regular files under root (symlinked folders are not entered), sorted by relative path."""
     found = []
-    for dirpath, dirnames, filenames in os.walk(root, onerror=_raise):
+    for dirpath, dirnames, filenames in os.walk(root, onerror=_unreadable):
         dirnames[:] = [name for name in dirnames if keep_dir(name)]
         for name in filenames:
             path = Path(dirpath, name)
@@ -111,8 +130,19 @@ def _walk(
     return sorted(found, key=lambda path: _relative(root, path))
 
 
-def _raise(error: OSError) -> None:
-    raise error  # an unreadable folder would silently change the corpus otherwise
+def _unreadable(error: OSError) -> NoReturn:
+    """Refuse a corpus with an unreadable folder or file: skipping it would change the corpus."""
+    raise ValueError(
+        f"source: cannot read {error.filename} ({error.strerror}): make it readable, or move it "
+        "out of the corpus folder"
+    ) from None
+
+
+def _read_source(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        _unreadable(error)
 
 
 def _relative(root: Path, path: Path) -> str:
@@ -233,44 +263,120 @@ def _check_vocab_size(vocab_size: object) -> int:
 # --- The cache -------------------------------------------------------------------------------
 
 
-def load_corpus(folder: str | Path | None, vocab_size: int, cache_dir: str | Path) -> Corpus:
-    """The corpus of `folder` (None: the standard library), tokenized with a BPE of `vocab_size`.
+class _Damaged(Exception):
+    """A cache file that is not what the build wrote; the message names it and what is wrong."""
+
+
+def load_corpus(source: str | Path | None, vocab_size: int, cache_dir: str | Path) -> Corpus:
+    """The corpus of `source` (a folder; None: the standard library), tokenized with a BPE of
+    `vocab_size`.
 
     The first call for a corpus and vocabulary trains the tokenizer and encodes every document
-    into `cache_dir/<key>/`; later calls, from any process, only read it. Concurrent callers wait
-    on a lock file instead of tokenizing in parallel. The returned meta's "source" and
+    into `cache_dir/<key>/`; later calls, from any process, only read it, after checking every
+    file against the sha256 that meta.json records. Concurrent builders wait on a lock file
+    instead of tokenizing in parallel. A cache that fails the check is rebuilt (with a warning):
+    it is a cache, and its source is still there. The returned meta's "source" and
     "python_version" are this call's: a cache is keyed by content, so another folder with the
     same files may have built it.
+
+    A bad argument is a ValueError starting with its name (source, vocab_size, cache_dir); a
+    damaged cache that cannot be rebuilt here is DamagedFile, a full disk DiskFull.
     """
     vocab_size = _check_vocab_size(vocab_size)
-    root, files = corpus_files(folder)
-    contents = [path.read_bytes() for path in files]  # read once: hashed and tokenized alike
+    root, files = corpus_files(source)
+    contents = [_read_source(path) for path in files]  # read once: hashed and tokenized alike
     digest = _digest(zip((_relative(root, path) for path in files), contents, strict=True))
     key = cache_key(digest, vocab_size)
-    cache_dir = Path(cache_dir).expanduser().resolve()
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    folder_path = cache_dir / key
-    source = "stdlib" if folder is None else str(root)
-    with _exclusive_lock(cache_dir / f"{key}.lock"):
-        if not _is_complete(folder_path):
-            meta = {
-                "source": source,
-                "python_version": platform.python_version(),
-                "corpus_hash": digest,
-                "cache_key": key,
-                "vocab_size_requested": vocab_size,
-                "tokenizer_version": TOKENIZER_VERSION,
-            }
-            _build(folder_path, contents, vocab_size, meta)
-        corpus = _open(folder_path)
-    corpus.meta.update(source=source, python_version=platform.python_version())
+    origin = {
+        "source": "stdlib" if source is None else str(root),
+        "python_version": platform.python_version(),
+    }
+    meta = origin | {
+        "corpus_hash": digest,
+        "cache_key": key,
+        "vocab_size_requested": vocab_size,
+        "tokenizer_version": TOKENIZER_VERSION,
+    }
+    build = lambda staging: _build(staging, contents, vocab_size, meta)  # noqa: E731
+    corpus = _open_or_build(_cache_root(cache_dir) / key, build)
+    corpus.meta.update(origin)
     return corpus
+
+
+def _cache_root(cache_dir: str | Path) -> Path:
+    try:
+        root = Path(cache_dir).expanduser().resolve()
+        root.mkdir(parents=True, exist_ok=True)
+    except (OSError, RuntimeError) as error:  # RuntimeError: a symbolic-link loop
+        reason = error.strerror if isinstance(error, OSError) else error
+        raise ValueError(
+            f"cache_dir: {str(cache_dir)!r} is not a folder and cannot be made one ({reason}): "
+            "choose another folder"
+        ) from None
+    return root
+
+
+def _open_or_build(folder: Path, build: Callable[[Path], None]) -> Corpus:
+    """The verified cache at `folder`; when it is absent or damaged, `build(staging folder)`
+    writes it whole, under the lock `<key>.lock`, and it is renamed into place."""
+    try:
+        return _open(folder)  # no lock: a cache is renamed into place whole and never changed
+    except FileNotFoundError:
+        damage = None
+    except _Damaged as error:
+        damage = error
+    try:
+        with _exclusive_lock(folder.with_name(f"{folder.name}.lock")):
+            # Only the lock's holder writes a staging folder: any there now is a killed one's.
+            for stale in folder.parent.glob(f".{folder.name}.*.tmp"):
+                log.info("removing %s, left by a process killed while tokenizing", stale)
+                _remove(stale)
+            try:
+                return _open(folder)  # built by another process while this one waited
+            except FileNotFoundError:
+                pass
+            except _Damaged as error:
+                _remove(folder)  # first: where it cannot be, the refusal is the only line
+                log.warning("%s: rebuilding the cache from the corpus", error)
+            _stage(folder, build)
+            return _open(folder)
+    except OSError as error:
+        raise _cannot_write(folder, error, damage) from None
+
+
+def _cannot_write(folder: Path, error: OSError, damage: _Damaged | None) -> Exception:
+    """What to tell when the cache cannot be written: the disk is full, the damaged cache
+    cannot be replaced (a file to delete), or cache_dir is not writable (a value to change)."""
+    if error.errno == errno.ENOSPC:
+        return DiskFull(
+            errno.ENOSPC,
+            f"the disk is full: could not write the tokenized corpus into {folder.parent}: free "
+            "some space or choose another data.cache_dir",
+        )
+    if damage is not None:
+        return DamagedFile(
+            f"{damage}, and it cannot be rebuilt here ({error.strerror}): delete {folder}, or "
+            f"make {folder.parent} writable"
+        )
+    return ValueError(
+        f"cache_dir: cannot write the tokenized corpus into {folder.parent} ({error.strerror}): "
+        "make it writable, or choose another folder"
+    )
 
 
 @contextmanager
 def _exclusive_lock(path: Path) -> Iterator[None]:
-    """Holds an exclusive flock on `path` (created if absent; left behind, as deleting is racy)."""
-    with open(path, "a") as handle:
+    """Holds an exclusive flock on the regular file `path` (created if absent; left behind, as
+    deleting is racy). A link or anything else planted there is refused, never followed."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT | NOFOLLOW, 0o666)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise DamagedFile(f"{path} is a symbolic link; refused: remove it") from None
+        raise
+    with open(fd) as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise DamagedFile(f"{path} is not a regular file: remove it")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -282,19 +388,30 @@ def _exclusive_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _is_complete(folder: Path) -> bool:
-    if not folder.exists():
-        return False
-    if all((folder / name).is_file() for name in CACHE_FILES):
-        return True
-    # Cannot come from _build (it renames a finished folder into place): someone edited it.
-    log.warning("cache folder %s is incomplete: rebuilding it", folder)
-    shutil.rmtree(folder)
-    return False
+def _remove(path: Path) -> None:
+    """A folder with its files, or a file or link in a folder's place."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
 
 
-def _build(folder: Path, contents: list[bytes], vocab_size: int, meta: dict) -> None:
-    """Trains, encodes and writes the cache in a temporary sibling, then renames it into place."""
+def _stage(folder: Path, build: Callable[[Path], None]) -> None:
+    """`build` into a temporary sibling, renamed into place once whole: a kill or a failure
+    never leaves a half-written cache at `folder` (a kill leaves the sibling, `.<key>.*.tmp`)."""
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    try:
+        os.chmod(staging, 0o755)  # mkdtemp's 0o700 would hide a shared cache from other users
+        build(staging)
+        os.replace(staging, folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _build(staging: Path, contents: list[bytes], vocab_size: int, meta: dict) -> None:
+    """Trains the tokenizer, encodes the corpus and writes the cache's files into `staging`,
+    meta.json recording the sha256 of each."""
     texts = [content.decode("utf-8", errors="replace") for content in contents]
     n_bytes = sum(len(content) for content in contents)
     log.info(
@@ -303,30 +420,29 @@ def _build(folder: Path, contents: list[bytes], vocab_size: int, meta: dict) -> 
         len(texts),
         n_bytes / 1e6,
         vocab_size,
-        folder,
+        staging.parent,
     )
     start = time.perf_counter()
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
-    try:
-        os.chmod(staging, 0o755)  # mkdtemp's 0o700 would hide a shared cache from other users
-        tokenizer = train_tokenizer(texts, vocab_size)
-        tokens, offsets = encode_documents(tokenizer, texts)
-        tokenizer.save(str(staging / "tokenizer.json"))
-        np.save(staging / "tokens.npy", tokens)
-        np.save(staging / "offsets.npy", offsets)
-        meta = meta | {
-            "n_documents": len(texts),
-            "n_tokens": len(tokens),
-            "n_bytes": n_bytes,
-            "vocab_size": tokenizer.get_vocab_size(),
-            "eos_id": tokenizer.token_to_id(EOS),
-            "tokenizer": "byte-level BPE",
-        }
-        (staging / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-        os.replace(staging, folder)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    tokenizer = train_tokenizer(texts, vocab_size)
+    tokens, offsets = encode_documents(tokenizer, texts)
+    # Written by Python, not by numpy or the tokenizer: a full disk is then an ENOSPC OSError.
+    files = {
+        "tokenizer.json": tokenizer.to_str(pretty=True).encode(),
+        "tokens.npy": _npy_bytes(tokens),
+        "offsets.npy": _npy_bytes(offsets),
+    }
+    meta = meta | {
+        "n_documents": len(texts),
+        "n_tokens": len(tokens),
+        "n_bytes": n_bytes,
+        "vocab_size": tokenizer.get_vocab_size(),
+        "eos_id": tokenizer.token_to_id(EOS),
+        "tokenizer": "byte-level BPE",
+    }
+    meta[HASHES] = _hashes(files, meta)
+    files[META] = (json.dumps(meta, indent=2) + "\n").encode()
+    for name, data in files.items():
+        (staging / name).write_bytes(data)
     log.info(
         "tokenized the corpus in %.1f s: %d tokens, %.2f bytes per token",
         time.perf_counter() - start,
@@ -335,13 +451,84 @@ def _build(folder: Path, contents: list[bytes], vocab_size: int, meta: dict) -> 
     )
 
 
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _hashes(files: dict[str, bytes], meta: dict) -> dict[str, str]:
+    """sha256 of each data file, and of meta.json's own fields (all but this record)."""
+    fields = json.dumps({k: v for k, v in meta.items() if k != HASHES}, sort_keys=True)
+    hashes = {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
+    return hashes | {META: hashlib.sha256(fields.encode()).hexdigest()}
+
+
 def _open(folder: Path) -> Corpus:
-    tokens = np.load(folder / "tokens.npy", mmap_mode="r")
-    offsets = np.load(folder / "offsets.npy")
-    meta = json.loads((folder / "meta.json").read_text())
-    if offsets[0] != 0 or offsets[-1] != len(tokens) or len(offsets) != meta["n_documents"] + 1:
-        raise RuntimeError(f"cache folder {folder} is inconsistent: delete it to rebuild it")
+    """The cache at `folder`, each file checked against the sha256 meta.json records and the
+    arrays against what the model and the splits rely on. FileNotFoundError when there is no
+    cache; _Damaged, naming the file, for every way one can be wrong."""
+    if not os.path.lexists(folder):
+        raise FileNotFoundError(folder)
+    files = {name: _read_cache_file(folder / name) for name in DATA_FILES}
+    meta = _read_meta(folder / META)
+    recorded = meta.get(HASHES)
+    for name, digest in _hashes(files, meta).items():
+        if not isinstance(recorded, dict) or recorded.get(name) != digest:
+            raise _Damaged(f"{folder / name} does not match the sha256 meta.json records")
+    tokens, offsets = (_load_array(folder / name, files[name]) for name in DATA_FILES[1:])
+    problem = _array_problem(tokens, offsets, meta)
+    if problem:
+        raise _Damaged(f"{folder} {problem}")
+    tokens.setflags(write=False)
     return Corpus(tokens, offsets, folder / "tokenizer.json", meta)
+
+
+def _read_cache_file(path: Path) -> bytes:
+    """The bytes of the regular file `path`; never through a link, never blocking on a FIFO."""
+    try:
+        fd = os.open(path, os.O_RDONLY | NOFOLLOW)
+        with open(fd, "rb") as file:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise _Damaged(f"{path} is not a regular file")
+            return file.read()
+    except OSError as error:
+        raise _Damaged(f"{path} cannot be read ({error.strerror})") from None
+
+
+def _load_array(path: Path, data: bytes) -> np.ndarray:
+    try:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, EOFError) as error:  # not an .npy file (a cut one), or one of objects
+        raise _Damaged(f"{path} is not an array ({str(error)[:80]})") from None
+
+
+def _read_meta(path: Path) -> dict:
+    try:
+        meta = json.loads(_read_cache_file(path))
+    except ValueError as error:  # not JSON, or not UTF-8
+        raise _Damaged(f"{path} is not JSON ({str(error)[:80]})") from None
+    if not isinstance(meta, dict):
+        raise _Damaged(f"{path} is not a JSON object")
+    return meta
+
+
+def _array_problem(tokens: np.ndarray, offsets: np.ndarray, meta: dict) -> str | None:
+    """What is wrong with arrays whose hashes match: a cache written by a faulty build or edited
+    with its hashes recomputed would otherwise fail mid-run (an id past the embedding)."""
+    n_documents, vocab_size, eos_id = (meta.get(k) for k in ("n_documents", "vocab_size", "eos_id"))
+    if not all(isinstance(v, int) for v in (n_documents, vocab_size, eos_id)):
+        return "has a meta.json without the integers n_documents, vocab_size and eos_id"
+    if tokens.ndim != 1 or tokens.dtype != token_dtype(vocab_size):
+        return f"holds tokens of shape {tokens.shape} and dtype {tokens.dtype}"
+    if len(tokens) and tokens.max() >= vocab_size:
+        return f"holds token ids ≥ its vocabulary size {vocab_size}"
+    if offsets.shape != (n_documents + 1,) or offsets.dtype != np.int64:
+        return f"holds offsets of shape {offsets.shape} and dtype {offsets.dtype}"
+    bounds = offsets[0] == 0 and offsets[-1] == len(tokens) and np.all(np.diff(offsets) >= 1)
+    if not bounds or np.any(tokens[offsets[1:] - 1] != eos_id):
+        return "holds offsets that do not cut its tokens into documents ending with EOS"
+    return None
 
 
 # --- Splits and nested training sets ---------------------------------------------------------

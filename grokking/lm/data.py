@@ -48,7 +48,10 @@ def _dataset(
     source, vocab_size, cache_dir, val_fraction, split_seed, subset_seed, train_tokens,
     context, batch_size, val_batches,
 ) -> Dataset:  # fmt: skip
-    corpus = load_corpus(source, vocab_size, cache_dir)
+    try:
+        corpus = load_corpus(source, vocab_size, cache_dir)
+    except ValueError as error:  # names the argument: source, vocab_size or cache_dir
+        raise ConfigError(f"data.{error}") from None
     train_docs, val_docs = split_documents(corpus.n_documents, val_fraction, split_seed)
     try:
         stream = training_stream(corpus, train_docs, train_tokens, subset_seed)
@@ -58,6 +61,7 @@ def _dataset(
     val = _windows(validation_stream(corpus, val_docs), context, "data.val_fraction")
     n_val = min(len(val), val_batches * batch_size)
     picked = torch.randperm(len(val), generator=torch.Generator().manual_seed(split_seed))
+    val = val[picked[:n_val]]
     probe = torch.randperm(len(train), generator=torch.Generator().manual_seed(subset_seed))
     meta = corpus.meta | {
         "n_train_documents": len(train_docs),
@@ -65,9 +69,14 @@ def _dataset(
         "train_tokens": len(stream),
         "train_sequences": len(train),
         "val_tokens": n_val * context,
-        "train_hash": hashlib.sha256(stream.numpy().tobytes()).hexdigest()[:16],
+        "train_hash": _hash(stream),  # the probe batch is cut from it
+        "val_hash": _hash(val),
     }
-    return Dataset(train, val[picked[:n_val]], train[probe[:batch_size]], meta)
+    return Dataset(train, val, train[probe[:batch_size]], meta)
+
+
+def _hash(tokens: torch.Tensor) -> str:
+    return hashlib.sha256(tokens.contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
 def _windows(stream: torch.Tensor, context: int, field: str) -> torch.Tensor:

@@ -15,6 +15,12 @@ from grokking.lm.data import Dataset, dataset
 from grokking.lm.model import build_model
 from grokking.runs.record import RunRecord
 
+# The hashes of the data a run reads (lm.data), kept in last.pt and checked on resume.
+DATA_HASHES = {
+    "train_hash": ("trained", "training-set"),
+    "val_hash": ("was validated", "validation-set"),
+}
+
 
 class LMRecord(RunRecord):
     """A language-model run's record: the clock counts steps."""
@@ -52,17 +58,19 @@ class LMRecord(RunRecord):
         return {name: tensor.shape for name, tensor in model.state_dict().items()}
 
     def family_state(self) -> dict:
-        return {"train_hash": self.data.meta["train_hash"]}
+        return {key: self.data.meta[key] for key in DATA_HASHES}
 
     def family_problem(self, saved: dict) -> str | None:
-        """A run resumes on the very tokens it started on: not after the corpus, Python's
-        standard library or the tokenizer changed under it."""
-        now = self.data.meta["train_hash"]
-        if saved.get("train_hash") != now:
-            return (
-                f"it trained on other data (training-set hash {saved.get('train_hash')}, now "
-                f"{now}: the corpus, the Python version or the tokenizer changed)"
-            )
+        """A run resumes on the very tokens it started on, for training and for validation: not
+        after the corpus (a document edited in place), Python's standard library or the
+        tokenizer changed under it."""
+        for key, (verb, what) in DATA_HASHES.items():
+            now = self.data.meta[key]
+            if saved.get(key) != now:
+                return (
+                    f"it {verb} on other data ({what} hash {saved.get(key)}, now {now}: the "
+                    "corpus, the Python version or the tokenizer changed)"
+                )
         return None
 
     def after_unit(self, result: dict) -> None:
@@ -132,6 +140,7 @@ class LMRecord(RunRecord):
                     "train_sequences",
                     "val_tokens",
                     "train_hash",
+                    "val_hash",
                     "cache_key",
                 )
             },  # fmt: skip

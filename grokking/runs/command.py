@@ -118,6 +118,8 @@ class Command:
             self.family.check(from_hydra(self.family.schema, cfg))
         except COMPOSITION_ERRORS as error:
             refuse(explain(error, self.family.schema))
+        except (DamagedFile, DiskFull) as error:  # the data `prepare` reads or writes
+            refuse(str(error), code=1)
 
     def run_job(self, cfg: DictConfig) -> None:
         """One job (a single run, or one run of a sweep, wherever the launcher runs it)."""
