@@ -26,9 +26,9 @@ tensors and plain values is refused and runs no code.
 Reading: each file has one reader here, and every way a file can be wrong (truncated, garbage, of
 the wrong type or shape, a directory, a symbolic link, unreadable, a table without the columns,
 kinds of values or rows its reader needs) raises `DamagedFile` (for a checkpoint, its subclass
-`DamagedCheckpoint`), one line naming the file and what to do. No file
-of a run folder is opened through a symbolic link (O_NOFOLLOW): in a results tree that others can
-write, a link planted in a run folder cannot make a run read, truncate or append to another file.
+`DamagedCheckpoint`), one line naming the file and what to do. No file of a run folder is opened
+through a symbolic link (O_NOFOLLOW): in a results tree that others can write, a link planted in
+a run folder cannot make a run read, truncate or append to another file.
 """
 
 from __future__ import annotations
