@@ -19,7 +19,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import sys
+import tempfile
+from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 
 import matplotlib
@@ -27,7 +31,7 @@ import pandas as pd
 
 matplotlib.use("Agg")  # the command writes files; it never needs a display
 from grokking.analysis import alarms, baselines, figures, language_models  # noqa: E402
-from grokking.analysis.collect import NothingToAnalyse, collect  # noqa: E402
+from grokking.analysis.collect import FAMILY, NothingToAnalyse, Results, collect  # noqa: E402
 from grokking.analysis.measure import measure_all  # noqa: E402
 from grokking.analysis.tables import (  # noqa: E402
     per_task_display,
@@ -36,12 +40,21 @@ from grokking.analysis.tables import (  # noqa: E402
     table1_wide,
     write_table,
 )
+from grokking.runs.rundir import SUMMARY, DamagedFile, find_runs  # noqa: E402
 
 log = logging.getLogger("grokking.analysis")
 
 
 class OutputError(Exception):
-    """The output folder cannot be written."""
+    """The output folder cannot be made."""
+
+
+class WriteFailed(Exception):
+    """The outputs could not be written (a full disk); none of them reached the output folder."""
+
+
+class AllSkipped(NothingToAnalyse):
+    """Every run found was skipped as damaged."""
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -65,42 +78,114 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def analyze(dirs: list[Path], out: Path, pca_threshold: float = 0.95, figure2_runs=None) -> dict:
     """Everything the command writes; returns {name: path} of the files written. Every run is
-    read and measured before anything is written, so a run is in every output or in none, and
-    NothingToAnalyse leaves no file behind."""
+    read and measured before anything is written, so a run is in every output or in none; the
+    outputs are written beside `out` and moved into it once all are written, so that a failure
+    (a full disk) leaves nothing of them in `out`."""
+    unknown = _unknown_families(dirs)
     lm = language_models.collect(*dirs)
-    try:
-        grokking = _measure_grokking(dirs, pca_threshold)
-    except NothingToAnalyse:
-        if lm.runs.empty:
-            raise
-        grokking = None
-    try:  # beside a colleague's read-only results, the default folder cannot be made
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise OutputError(
-            f"--out: cannot create {out} ({error.strerror}); choose another"
-        ) from None
-    written = {}
-    if grokking is not None:
-        written |= _write_grokking(*grokking, out, figure2_runs)
-    if not lm.runs.empty:
-        written |= language_models.write(lm, out)
-        scores = alarms.score_lm(lm.runs, lm.metrics)
-        written |= _write_alarms(scores, out, "alarm_lm", "The alarms against the overfitting step")
-        left = "; ".join(f"{run} ({why})" for run, why in lm.left_out)
-        analysed = f"{len(lm.runs)} language-model runs analysed"
-        print(analysed + (f"; left out: {left}" if left else ""))
+    grokking = _collect_grokking(dirs)
+    grokking.skipped += unknown
+    measured = _measure_grokking(grokking, pca_threshold) if len(grokking.runs) else None
+    if grokking.runs.empty and lm.runs.empty:  # measuring may have skipped the last of them
+        raise _nothing_to_analyse(dirs, grokking, lm)
+
+    def write(folder: Path) -> dict:
+        written = {}
+        if not grokking.runs.empty:
+            written |= _write_grokking(grokking, *measured, folder, figure2_runs)
+        if not lm.runs.empty:
+            written |= language_models.write(lm, folder)
+            scores = alarms.score_lm(lm.runs, lm.metrics)
+            title = "The alarms against the overfitting step"
+            written |= _write_alarms(scores, folder, "alarm_lm", title)
+            left = "; ".join(f"{run} ({why})" for run, why in lm.left_out)
+            analysed = f"{len(lm.runs)} language-model runs analysed"
+            print(analysed + (f"; left out: {left}" if left else ""))
+        return written
+
+    written = _write_into(out, write)
     print(f"wrote tables, figures and parquet files to {out}")
     return written
 
 
-def _measure_grokking(dirs: list[Path], pca_threshold: float):
-    results = collect(*dirs)
-    results.require_runs(dirs)
+ANALYSED_FAMILIES = (FAMILY, language_models.FAMILY)
+
+
+def _unknown_families(dirs: list[Path]) -> list[tuple[str, str]]:
+    """(run folder, why) of each run whose summary names a family neither analysis reads, each
+    told in a warning: they would otherwise go unseen by both."""
+    unknown = []
+    for run_dir in find_runs(*dirs):
+        try:
+            family = run_dir.read_summary().get("family", FAMILY)
+        except (DamagedFile, FileNotFoundError):
+            continue  # each analysis reports it
+        if family not in ANALYSED_FAMILIES:
+            why = (
+                f"{run_dir.path / SUMMARY} names the family {family!r}, which this command does "
+                f"not analyse (it analyses {', '.join(ANALYSED_FAMILIES)})"
+            )
+            log.warning("skipping %s: %s", run_dir.path, why)
+            unknown.append((str(run_dir.path), why))
+    return unknown
+
+
+def _collect_grokking(dirs: list[Path]) -> Results:
+    try:
+        return collect(*dirs)
+    except NothingToAnalyse:  # not one grokking run there: language models alone, or nothing
+        return Results(pd.DataFrame(), pd.DataFrame(), pd.DataFrame())
+
+
+def _measure_grokking(results: Results, pca_threshold: float):
+    """(measures, at_checkpoints); a run that cannot be measured is taken out of `results`."""
     measures = measure_all(results, pca_threshold)
     at_checkpoints = baselines.measure_all(results)
-    results.require_runs(dirs)
-    return results, measures, at_checkpoints
+    return measures, at_checkpoints
+
+
+def _nothing_to_analyse(dirs: list[Path], grokking: Results, lm) -> NothingToAnalyse:
+    where = ", ".join(map(str, dirs))
+    skipped = grokking.skipped + lm.skipped
+    if not (grokking.not_completed or lm.not_completed):
+        if not skipped:
+            return NothingToAnalyse(f"no runs (folders with summary.json) under {where}")
+        runs = f"all {len(skipped)} runs under {where} were"
+        if len(skipped) == 1:
+            runs = f"the only run under {where} was"
+        reasons = "; ".join(f"{run} ({why})" for run, why in skipped)
+        return AllSkipped(f"{runs} skipped as damaged: {reasons}")
+    lm_left_out = "; ".join(f"{run} ({why})" for run, why in lm.left_out)
+    left_out = "; ".join(part for part in (grokking.left_out(), lm_left_out) if part)
+    return NothingToAnalyse(f"no measurable runs under {where} ({left_out})")
+
+
+def _write_into(out: Path, write: Callable[[Path], dict]) -> dict:
+    """`write(folder)` into a new hidden folder beside `out`, its files then moved into `out`:
+    a failure leaves nothing of them in `out`, and what `out` held is then unchanged."""
+    created = not out.exists()
+    try:  # beside a colleague's read-only results, the default folder cannot be made
+        out.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    except OSError as error:
+        raise OutputError(
+            f"--out: cannot create {out} ({error.strerror}); choose another"
+        ) from None
+    try:
+        written = write(staging)
+        for path in staging.iterdir():
+            path.replace(out / path.name)
+    except OSError as error:
+        raise WriteFailed(
+            f"--out: cannot write the analysis to {out} ({error.strerror or error}); nothing "
+            "of it was written: free some space or choose another"
+        ) from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created:  # a folder this call made and nothing reached (rmdir refuses any other)
+            with suppress(OSError):
+                out.rmdir()
+    return {name: out / path.name for name, path in written.items()}
 
 
 def _write_alarms(scores: pd.DataFrame, out: Path, name: str, title: str) -> dict:
@@ -173,7 +258,10 @@ def main(argv=None) -> None:
     out = args.out or args.dirs[0].parent / f"{args.dirs[0].name}-analysis"
     try:
         analyze(args.dirs, out, args.pca_threshold, args.figure2_runs)
-    except (FileNotFoundError, NothingToAnalyse, OutputError) as error:
+    except (AllSkipped, WriteFailed) as error:  # damaged files, a full disk
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
+    except (FileNotFoundError, NothingToAnalyse, OutputError) as error:  # the command's arguments
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
 

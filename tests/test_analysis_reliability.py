@@ -1,19 +1,21 @@
 """The analysis on damaged, partial, read-only and mixed results: which runs are pooled, which
 are left out, and that every output agrees on it."""
 
+import errno
 import logging
 import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import run_cli
+from conftest import TINY_OVERRIDES, run_cli, tiny_lm
 
 from grokking.analysis import collect, figures, measure_all
-from grokking.analyze import analyze
-from grokking.runs.rundir import MEASURES, RunDir
+from grokking.analyze import analyze, main
+from grokking.runs.rundir import MATRIX_LAR, MEASURES, METRICS, RunDir
 
 ADD0, SUB0, ADD1, SUB1 = "seed=0,task=add", "seed=0,task=sub", "seed=1,task=add", "seed=1,task=sub"
 
@@ -149,9 +151,9 @@ def test_no_measurable_run_is_a_clear_error_that_writes_nothing(smoke_copy, tmp_
         final.write_bytes(final.read_bytes()[:200])
     out = tmp_path / "out"
     result = run_cli(str(smoke_copy), "--out", str(out), cwd=tmp_path, module="grokking.analyze")
-    assert result.returncode == 2, result.stderr
+    assert result.returncode == 1, result.stderr  # damaged files
     error = result.stderr.strip().splitlines()[-1]
-    assert error.startswith(f"error: no measurable runs under {smoke_copy} (skipped: smoke/")
+    assert error.startswith(f"error: all 4 runs under {smoke_copy} were skipped as damaged: smoke/")
     assert all(f"smoke/{run} (cannot measure" in error for run in (ADD0, SUB0, ADD1, SUB1))
     assert "Traceback" not in result.stderr
     assert not out.exists()
@@ -217,3 +219,135 @@ def test_an_output_folder_that_cannot_be_made_is_a_clear_error(smoke_copy, tmp_p
     assert result.stderr.strip().splitlines()[-1] == (
         f"error: --out: cannot create {out} (Not a directory); choose another"
     )
+
+
+# --- 3. tables of another schema, unknown families, a full disk -------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory, corpus_dir) -> dict[str, Path]:
+    """A completed grokking run and a completed language-model run, trained in seconds."""
+    cwd = tmp_path_factory.mktemp("tiny_runs")
+    run_cli("task=add", *TINY_OVERRIDES, "hydra.run.dir=grokking", cwd=cwd, check=True)
+    lm = [*tiny_lm(corpus_dir, cwd / "cache"), "hydra.run.dir=lm"]
+    run_cli(*lm, cwd=cwd, module="grokking.lm", check=True)
+    return {"grokking": cwd / "grokking", "lm": cwd / "lm"}
+
+
+def copy_run(tiny_runs, family: str, results: Path, name: str) -> Path:
+    shutil.copytree(tiny_runs[family], results / name)
+    return results / name
+
+
+def rewrite(table: Path, edit) -> None:
+    """A valid parquet file, of another schema than the trainer writes."""
+    edit(pd.read_parquet(table)).to_parquet(table, index=False)
+
+
+def analyze_cli(results: Path, out: Path, capsys, caplog) -> tuple[int, str, list[str], list[str]]:
+    """(exit status, stdout, the lines on stderr, the warnings) of `python -m grokking.analyze`."""
+    with caplog.at_level(logging.WARNING, logger="grokking.analysis"):
+        try:
+            main([str(results), "--out", str(out)])
+            status = 0
+        except SystemExit as exit:
+            status = exit.code
+    printed = capsys.readouterr()
+    return status, printed.out, printed.err.splitlines(), caplog.messages
+
+
+def _as_text(column: str):
+    return lambda frame: frame.assign(**{column: frame[column].astype(str)})
+
+
+# (family, table, its edit, what the line says is wrong)
+WRONG_SCHEMAS = {
+    "only step and lar": ("grokking", METRICS, lambda f: f[["step", "lar"]], "no epoch column"),
+    "lar as text": ("grokking", METRICS, _as_text("lar"), "its lar column holds str, not numbers"),
+    "epoch as text": ("grokking", METRICS, _as_text("epoch"), "its epoch column holds str"),
+    "val_acc as flags": (
+        "grokking", METRICS, lambda f: f.assign(val_acc=f["val_acc"] > 0.5),
+        "its val_acc column holds bool, not numbers",
+    ),
+    "no row": ("grokking", METRICS, lambda f: f.iloc[:0], "it holds no row"),
+    "matrix lar as text": ("grokking", MATRIX_LAR, _as_text("lar"), "its lar column holds str"),
+    "lm lar all NaN": ("lm", METRICS, lambda f: f.assign(lar=np.nan), "its lar column holds no"),
+    "lm lar as text": ("lm", METRICS, _as_text("lar"), "its lar column holds str, not numbers"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", WRONG_SCHEMAS)
+def test_a_table_of_another_schema_skips_its_run_in_one_line(
+    case, tiny_runs, tmp_path, capsys, caplog
+):
+    family, table, edit, wrong = WRONG_SCHEMAS[case]
+    results = tmp_path / "results"
+    run = copy_run(tiny_runs, family, results, "run")
+    rewrite(run / table, edit)
+    out = tmp_path / "out"
+    status, _, errors, warnings = analyze_cli(results, out, capsys, caplog)
+
+    assert status == 1
+    (warning,) = warnings  # one line, naming the run, the file and what is wrong
+    why = warning.removeprefix("skipping results/run: ")
+    assert why.startswith(f"{run / table} is damaged (ValueError: {wrong}")
+    assert errors == [
+        f"error: the only run under {results} was skipped as damaged: results/run ({why})"
+    ]
+    assert not out.exists()
+
+
+def test_damaged_and_unknown_runs_are_named_once_and_the_rest_analysed(
+    tiny_runs, tmp_path, capsys, caplog
+):
+    results = tmp_path / "results"
+    copy_run(tiny_runs, "grokking", results, "good")
+    rewrite(copy_run(tiny_runs, "grokking", results, "bad") / METRICS, _as_text("lar"))
+    edit_summary(copy_run(tiny_runs, "grokking", results, "future"), family="vision")
+    status, printed, errors, warnings = analyze_cli(results, tmp_path / "out", capsys, caplog)
+
+    assert (status, errors) == (0, [])
+    assert [line.split(":")[0] for line in warnings] == [
+        f"skipping {results / 'future'}",
+        "skipping results/bad",
+    ]
+    assert f"{results / 'future' / 'summary.json'} names the family 'vision'" in warnings[0]
+    assert set(pd.read_parquet(tmp_path / "out" / "runs.parquet")["run"]) == {"results/good"}
+    assert "1 run analysed; left out: skipped: results/bad (" in printed
+
+
+def test_all_runs_skipped_is_said_so(tiny_runs, tmp_path, capsys, caplog):
+    results = tmp_path / "results"
+    rewrite(copy_run(tiny_runs, "lm", results, "lm") / METRICS, lambda f: f.iloc[:0])
+    edit_summary(copy_run(tiny_runs, "grokking", results, "future"), family="vision")
+    status, _, errors, _ = analyze_cli(results, tmp_path / "out", capsys, caplog)
+    assert status == 1
+    (error,) = errors
+    assert error.startswith(f"error: all 2 runs under {results} were skipped as damaged: ")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_full_disk_leaves_nothing_of_the_outputs(
+    tiny_runs, tmp_path, capsys, caplog, monkeypatch
+):
+    copy_run(tiny_runs, "grokking", tmp_path / "results", "run")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "table1.md").write_text("an earlier analysis")
+    save = figures.save
+
+    def save_then_fill_the_disk(fig, folder, name):
+        if name.startswith("curves"):  # tables, parquet files and a figure are written by then
+            raise OSError(errno.ENOSPC, "No space left on device", str(folder / f"{name}.png"))
+        return save(fig, folder, name)
+
+    monkeypatch.setattr(figures, "save", save_then_fill_the_disk)
+    status, _, errors, _ = analyze_cli(tmp_path / "results", out, capsys, caplog)
+    assert status == 1
+    assert errors == [
+        f"error: --out: cannot write the analysis to {out} (No space left on device); nothing of "
+        "it was written: free some space or choose another"
+    ]
+    assert [path.name for path in out.iterdir()] == ["table1.md"]
+    assert (out / "table1.md").read_text() == "an earlier analysis"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out", "results"]  # no staging

@@ -4,6 +4,7 @@ log history and TensorBoard, equal to lar() on the step's inputs) and the Lightn
 warning and stop."""
 
 import warnings
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -233,12 +234,23 @@ class Classifier(lightning.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-def lightning_fit(tmp_path, callback, max_steps=5):
+class Diverges(Classifier):
+    """Its weights turn NaN at step 2, as a diverging run's do."""
+
+    def training_step(self, batch, batch_idx):
+        if self.global_step == 2:
+            with torch.no_grad():
+                for parameter in self.parameters():
+                    parameter.fill_(float("nan"))
+        return super().training_step(batch, batch_idx)
+
+
+def lightning_fit(tmp_path, callback, max_steps=5, module_class=Classifier):
     from lightning.pytorch.loggers import CSVLogger
 
     torch.manual_seed(0)
     data = torch.utils.data.TensorDataset(torch.randn(64, 8), torch.randint(0, 4, (64,)))
-    module = Classifier()
+    module = module_class()
     seen = InputsOf(module.net.head)
     trainer = lightning.Trainer(
         max_steps=max_steps, logger=CSVLogger(tmp_path), callbacks=[callback],
@@ -275,3 +287,50 @@ def test_lightning_alarm_flags_the_log_and_stops(tmp_path):
     assert trainer.global_step == 3  # the step it fired on was the last
     assert {"lar/net.body.0", "lar/net.body.2", "lar/net.head"} <= set(metrics)
     assert "lar/net.side" not in metrics  # never called: no value, rather than a NaN column
+
+
+def test_lightning_logs_nan_once_the_weights_are_nan(tmp_path):
+    from grokking.integrations.lightning import LARCallback
+
+    _, seen, metrics = lightning_fit(
+        tmp_path, LARCallback(module="net.head"), module_class=Diverges
+    )
+    assert list(metrics["step"]) == [0, 1, 2, 3, 4]
+    first_two = [lar(weight, inputs) for weight, inputs in seen.calls[:2]]
+    assert list(metrics["lar"][:2]) == pytest.approx(first_two, rel=1e-6)
+    assert metrics["lar"][2:].isna().all()  # not step 1's value again
+
+
+class NoDenseLayer(lightning.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(8, 4))
+        self.steps = 0
+
+    def training_step(self, batch, batch_idx):
+        self.steps += 1
+        x, y = batch
+        return nn.functional.cross_entropy(x @ self.weight, y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_lightning_refuses_a_module_without_a_dense_layer_at_setup(tmp_path):
+    from grokking.integrations import lightning as integration
+
+    module = NoDenseLayer()
+    trainer = lightning.Trainer(
+        max_steps=2, callbacks=[integration.LARCallback()], accelerator="cpu", logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    data = torch.utils.data.TensorDataset(torch.randn(16, 8), torch.randint(0, 4, (16,)))
+    with pytest.raises(ValueError, match="no nn.Linear or Conv1D for LAR to watch") as refused:
+        trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=8))
+    assert str(refused.value).endswith("remove the LAR callback from its trainer")  # what to do
+    # raised by the callback's setup hook: before anything is set up or trained
+    callback_frames = [
+        entry.name for entry in refused.traceback if entry.path == Path(integration.__file__)
+    ]
+    assert callback_frames == ["setup"]
+    assert module.steps == 0

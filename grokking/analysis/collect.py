@@ -10,7 +10,16 @@ from pathlib import Path
 import pandas as pd
 
 from grokking.analysis.conditions import add_labels, condition_columns
-from grokking.runs.rundir import COMPLETED, RUNNING, SUMMARY, DamagedFile, RunDir, find_runs
+from grokking.runs.rundir import (
+    COMPLETED,
+    NUMBERS,
+    RUNNING,
+    SUMMARY,
+    TEXT,
+    DamagedFile,
+    RunDir,
+    find_runs,
+)
 
 log = logging.getLogger("grokking.analysis")
 
@@ -30,6 +39,14 @@ SUMMARY_FIELDS = [
     "final_epoch",
     "wall_s",
 ]
+# What this analysis reads of a run's tables (the figures, the alarms, Table 1): a run whose
+# tables do not hold it is skipped when it is read, not half-way through the outputs.
+METRICS_NEEDS = dict.fromkeys(
+    ["epoch", "step", "train_acc", "val_acc", "train_loss", "val_loss", "lar"]
+    + ["stable_rank", "effective_rank"],
+    NUMBERS,
+)
+MATRIX_NEEDS = {"epoch": NUMBERS, "name": TEXT, "role": TEXT, "lar": NUMBERS}  # layer: NaN for W_U
 # The checkpoint each event leaves behind; "final" is always there.
 EVENT_CHECKPOINTS = {"memorization": "memorization_epoch", "grokking": "grokking_epoch"}
 
@@ -67,14 +84,6 @@ class Results:
         if self.skipped:
             parts.append("skipped: " + "; ".join(f"{r} ({why})" for r, why in self.skipped))
         return "; ".join(parts)
-
-    def require_runs(self, dirs) -> None:
-        if self.runs.empty:
-            left_out = self.left_out()
-            raise NothingToAnalyse(
-                f"no measurable runs under {', '.join(map(str, dirs))}"
-                + (f" ({left_out})" if left_out else "")
-            )
 
 
 def status_word(status: str | None) -> str:
@@ -114,8 +123,8 @@ def collect(*dirs: str | Path) -> Results:
                     log.warning("%s is %s; left out", name, status_word(status))
                     continue
                 _require_checkpoints(run_dir, summary)
-                run_metrics = run_dir.read_metrics().assign(run=name)
-                run_matrices = run_dir.read_matrix_lar().assign(run=name)
+                run_metrics = run_dir.read_metrics(METRICS_NEEDS).assign(run=name)
+                run_matrices = run_dir.read_matrix_lar(MATRIX_NEEDS).assign(run=name)
                 row = _run_row(name, run_dir, summary)
             except Exception as error:  # corrupt JSON or parquet, a missing file or key
                 skipped.append((name, reason(error, run_dir.path)))

@@ -25,11 +25,19 @@ from grokking.analysis.collect import reason
 from grokking.analysis.conditions import flatten
 from grokking.analysis.figures import grid, save
 from grokking.analysis.tables import write_table
-from grokking.runs.rundir import COMPLETED, find_runs
+from grokking.runs.rundir import COMPLETED, NUMBERS, TEXT, find_runs
 
 log = logging.getLogger("grokking.analysis")
 
 FAMILY = "lm"
+# What this analysis reads of a run's tables (the overfitting step, Table 2, the figures, the
+# alarms): a run whose tables do not hold it is skipped when it is read.
+METRICS_NEEDS = dict.fromkeys(
+    ["step", "train_loss", "lar", "val_loss", "probe_lar", "effective_rank", "stable_rank"]
+    + ["p1", "q1", "p1q1"],
+    NUMBERS,
+)
+MATRIX_NEEDS = {"step": NUMBERS, "name": TEXT, "lar": NUMBERS}
 # Config values that tell the runs of one condition apart: they are the figures' lines.
 VARYING = ("data.train_tokens", "optim.")
 
@@ -39,12 +47,17 @@ class LMResults:
     runs: pd.DataFrame  # one row per completed run, with its facts
     metrics: pd.DataFrame  # every run's metric rows, with `run`
     matrix_lar: pd.DataFrame
-    left_out: list[tuple[str, str]] = field(default_factory=list)  # (run, why)
+    not_completed: list[tuple[str, str]] = field(default_factory=list)  # (run, status)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (run, why): damaged
+
+    @property
+    def left_out(self) -> list[tuple[str, str]]:
+        return self.not_completed + self.skipped
 
 
 def collect(*dirs: str | Path) -> LMResults:
     """Every completed language-model run under `dirs`; any other is left out with its reason."""
-    rows, metrics, matrices, left_out = [], [], [], []
+    rows, metrics, matrices, not_completed, skipped = [], [], [], [], []
     for root in map(Path, dirs):
         for run_dir in find_runs(root):
             name = f"{root.name}/{run_dir.path.relative_to(root)}".rstrip("/.")
@@ -54,14 +67,14 @@ def collect(*dirs: str | Path) -> LMResults:
                     continue  # the grokking analysis reads it
                 status = run_dir.status()
                 if status != COMPLETED:
-                    left_out.append((name, status or "no summary"))
+                    not_completed.append((name, status or "no summary"))
                     continue
-                run_metrics = run_dir.read_metrics().assign(run=name)
-                run_matrices = run_dir.read_matrix_lar().assign(run=name)
+                run_metrics = run_dir.read_metrics(METRICS_NEEDS).assign(run=name)
+                run_matrices = run_dir.read_matrix_lar(MATRIX_NEEDS).assign(run=name)
                 row = _run_row(name, summary) | overfitting.run_facts(run_metrics)
             except Exception as error:  # a damaged file, a summary missing a field
-                left_out.append((name, reason(error, run_dir.path)))
-                log.warning("skipping %s: %s", name, left_out[-1][1])
+                skipped.append((name, reason(error, run_dir.path)))
+                log.warning("skipping %s: %s", name, skipped[-1][1])
                 continue
             rows.append(row)
             metrics.append(run_metrics)
@@ -71,7 +84,8 @@ def collect(*dirs: str | Path) -> LMResults:
         runs=runs,
         metrics=pd.concat(metrics, ignore_index=True) if metrics else pd.DataFrame(),
         matrix_lar=pd.concat(matrices, ignore_index=True) if matrices else pd.DataFrame(),
-        left_out=left_out,
+        not_completed=not_completed,
+        skipped=skipped,
     )
 
 

@@ -82,7 +82,9 @@ class LARCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs is None or "loss" not in logs or not self.pending:
             return  # an evaluation's or the final summary's log: no training steps in it
-        means = {key: _mean([row[key] for row in self.pending]) for key in self.pending[-1]}
+        # the window's every key: a step that did not reach a layer has no value for it
+        keys = dict.fromkeys(key for row in self.pending for key in row)
+        means = {key: _mean([row.get(key, math.nan) for row in self.pending]) for key in keys}
         if ALARM_KEY in means:  # a flag, not a rate: 1 once it has fired in the window
             means[ALARM_KEY] = self.pending[-1][ALARM_KEY]
         self.pending.clear()

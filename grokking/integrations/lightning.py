@@ -6,17 +6,17 @@ trainer's loggers (TensorBoard, W&B, CSV, …), and raises the validation-free a
     trainer = lightning.Trainer(callbacks=[LARCallback()], logger=CSVLogger("logs"))
 
 Logged at every optimizer step (and written by the loggers every `log_every_n_steps`, 50 by
-default: set it to 1 to keep every step): `lar`, `lar_alarm` (1 from the step the alarm fires on),
-and `lar/<layer>` for each dense layer with `every_linear=True`.
+default: set it to 1 to keep every step): `lar` (NaN from the step the weights turn NaN on),
+`lar_alarm` (1 from the step the alarm fires on), and `lar/<layer>` for each dense layer the step
+reached with `every_linear=True`. A module without a dense layer is refused at `setup`.
 """
 
 from __future__ import annotations
 
-import math
-
 from lightning.pytorch import Callback
+from lightning.pytorch.utilities.model_helpers import is_overridden
 
-from grokking.integrations.watch import LARWatch
+from grokking.integrations.watch import LARWatch, find_layer
 from grokking.lar.alarm import Alarm
 
 
@@ -37,6 +37,12 @@ class LARCallback(Callback):
         self.stop_on_alarm = stop_on_alarm
         self.step_open = False  # a step's first batch has reset the probes
 
+    def setup(self, trainer, pl_module, stage):
+        # a module without a layer to watch is refused before anything is set up or trained;
+        # one that builds its layers in configure_model (called after setup) at fit start
+        if stage == "fit" and not is_overridden("configure_model", pl_module):
+            find_layer(pl_module, self.watch.module_name)
+
     def on_fit_start(self, trainer, pl_module):
         self.watch.attach(pl_module)
 
@@ -49,8 +55,8 @@ class LARCallback(Callback):
         # after the step's last backward pass, before the optimizer moves the weights
         self.step_open = False
         values = self.watch.end_step(trainer.global_step)  # the step Lightning logs it at
-        finite = {key: value for key, value in values.items() if math.isfinite(value)}
-        pl_module.log_dict(finite, on_step=True, on_epoch=False)
+        # every value, NaN too: a key left out of a step is written with its last value
+        pl_module.log_dict(values, on_step=True, on_epoch=False)
         if self.stop_on_alarm and self.watch.alarm is not None and self.watch.alarm.fired:
             trainer.should_stop = True
 

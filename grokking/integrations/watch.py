@@ -37,7 +37,11 @@ def find_layer(model: nn.Module, name: str | None = None) -> tuple[str, nn.Modul
         if layer is output:
             return layer_name, layer
     if not layers:
-        raise ValueError(f"the model ({type(model).__name__}) has no nn.Linear or Conv1D to watch")
+        raise ValueError(
+            f"the model ({type(model).__name__}) has no nn.Linear or Conv1D for LAR to watch (LAR "
+            "is measured on a dense layer's weight and inputs): remove the LAR callback from its "
+            "trainer"
+        )
     return layers[-1]
 
 
@@ -104,8 +108,10 @@ class LARWatch:
         return self.others if self.others is not None else self.probe
 
     def end_step(self, step: int) -> dict[str, float]:
-        """The step's values to log: LAR, the alarm's flag, and each dense layer's LAR; feeds the
-        alarm (a warning once, when it fires)."""
+        """The step's values to log: LAR (NaN when the weights or inputs are: a diverged run),
+        the alarm's flag, and the LAR of each dense layer the step's forward passes reached (a
+        layer never called has no value, rather than a NaN); feeds the alarm (a warning once,
+        when it fires)."""
         value = self.probe.value() if self.probe.rows else math.nan
         values = {LAR_KEY: value}
         if self.alarm is not None:
@@ -116,5 +122,6 @@ class LARWatch:
             values[ALARM_KEY] = float(self.alarm.fired)
         if self.others is not None:
             for name, probe in self.others:
-                values[f"{LAR_KEY}/{name}"] = probe.value() if probe.rows else math.nan
+                if probe.rows:
+                    values[f"{LAR_KEY}/{name}"] = probe.value()
         return values

@@ -24,10 +24,11 @@ leaves the old file. Checkpoints load with weights_only=True: a file that holds 
 tensors and plain values is refused and runs no code.
 
 Reading: each file has one reader here, and every way a file can be wrong (truncated, garbage, of
-the wrong type or shape, a directory, a symbolic link, unreadable) raises `DamagedFile` (for a
-checkpoint, its subclass `DamagedCheckpoint`), one line naming the file and what to do. No file
-of a run folder is opened through a symbolic link (O_NOFOLLOW): in a results tree that others can
-write, a link planted in a run folder cannot make a run read, truncate or append to another file.
+the wrong type or shape, a directory, a symbolic link, unreadable, a table without the columns,
+kinds of values or rows its reader needs) raises `DamagedFile` (for a checkpoint, its subclass
+`DamagedCheckpoint`), one line naming the file and what to do. No file of a run folder is opened
+through a symbolic link (O_NOFOLLOW): in a results tree that others can write, a link planted in
+a run folder cannot make a run read, truncate or append to another file.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ import shutil
 import socket
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,6 +52,7 @@ from typing import Any
 
 import pandas as pd
 import torch
+from pandas.api.types import is_bool_dtype, is_numeric_dtype, is_string_dtype
 
 SUMMARY = "summary.json"
 METRICS = "metrics.parquet"
@@ -61,6 +63,8 @@ CHECKPOINT_KINDS = ("memorization", "grokking", "final")
 LOCK = ".lock"
 LOG = "train.log"
 TEMPORARY = ".*.tmp"  # what atomic_write leaves behind when it is killed mid-write
+# The kinds of values a reader may need a table's column to hold (RunDir.read_metrics's `needs`).
+NUMBERS, TEXT = "numbers", "text"
 
 # Statuses a run can have in summary.json.
 RUNNING, COMPLETED, FAILED, INTERRUPTED = "running", "completed", "failed", "interrupted"
@@ -352,11 +356,13 @@ class RunDir:
     def write_matrix_lar(self, rows: list[dict], columns: list[str] | None = None) -> None:
         self._write_table(MATRIX_LAR, pd.DataFrame(rows, columns=columns))
 
-    def read_metrics(self) -> pd.DataFrame:
-        return self._read_table(METRICS, ["step", "lar"])
+    def read_metrics(self, needs: Mapping[str, str] | None = None) -> pd.DataFrame:
+        """metrics.parquet; `needs` ({column: NUMBERS or TEXT}: what the caller reads of it): a
+        table that does not meet them is damaged (`unmet_needs`)."""
+        return self._read_table(METRICS, ["step", "lar"], needs=needs)
 
-    def read_matrix_lar(self) -> pd.DataFrame:
-        return self._read_table(MATRIX_LAR, ["step", "name", "lar"])
+    def read_matrix_lar(self, needs: Mapping[str, str] | None = None) -> pd.DataFrame:
+        return self._read_table(MATRIX_LAR, ["step", "name", "lar"], needs=needs)
 
     def read_cache(self, name: str, key: str) -> pd.DataFrame | None:
         """An analysis cache (MEASURES keyed by "kind", BASELINES by "epoch"), None when absent;
@@ -371,12 +377,21 @@ class RunDir:
     def _write_table(self, name: str, frame: pd.DataFrame) -> None:
         atomic_write(self.path / name, lambda tmp: frame.to_parquet(tmp, index=False))
 
-    def _read_table(self, name: str, columns: list[str], todo: str | None = None) -> pd.DataFrame:
+    def _read_table(
+        self,
+        name: str,
+        columns: list[str],
+        todo: str | None = None,
+        needs: Mapping[str, str] | None = None,
+    ) -> pd.DataFrame:
         def parse(file) -> pd.DataFrame:
             frame = pd.read_parquet(file)
             missing = [column for column in columns if column not in frame.columns]
             if missing:
                 raise ValueError(f"not a table of this project (no {', '.join(missing)} column)")
+            problem = unmet_needs(frame, needs or {})
+            if problem:
+                raise ValueError(problem)
             return frame
 
         todo = todo or "restore it, or move the run folder aside and train the run again"
@@ -422,6 +437,24 @@ class RunDir:
             return read_file(path, parse, todo)
         except DamagedFile as error:
             raise DamagedCheckpoint(str(error)) from None
+
+
+def unmet_needs(frame: pd.DataFrame, needs: Mapping[str, str]) -> str | None:
+    """What `frame` lacks of `needs` ({column: NUMBERS or TEXT}), or None: every column there,
+    of its kind, holding at least one value. A parquet file of another schema reads back without
+    error; this finds it before the reader trips over it far from the file."""
+    if needs and frame.empty:
+        return "it holds no row"
+    for column, kind in needs.items():
+        if column not in frame.columns:
+            return f"no {column} column"
+        values = frame[column]
+        numbers = is_numeric_dtype(values) and not is_bool_dtype(values)
+        if not (numbers if kind == NUMBERS else is_string_dtype(values)):
+            return f"its {column} column holds {values.dtype}, not {kind}"
+        if values.isna().all():
+            return f"its {column} column holds no value"
+    return None
 
 
 class _QuietFileHandler(logging.StreamHandler):
