@@ -1,7 +1,9 @@
 """What a language-model run costs on this machine, measured in one process: tokens/s of a
-training step at the default size with Adam and with Muon, the share of the unembedding's LAR in
-a step (it is computed at every step, from the step's own forward pass), the cost of an
-evaluation and the share of every matrix's LAR in it, and each sweep file's projected wall time.
+training step at the default size with Adam and with Muon (timed in turns, so a load that comes
+and goes weighs on both alike; Muon's orthogonalisation dtype named), the Muon / Adam step ratio,
+each step's share of the fp32 matmul peak measured here, the share of the unembedding's LAR in a
+step (it is computed at every step, from the step's own forward pass), the cost of an evaluation
+and the share of every matrix's LAR in it, and each sweep file's projected wall time.
 
     python benchmarks/lm_cost.py                # the default config, one thread
     python benchmarks/lm_cost.py --steps 40 --threads 2 data.train_tokens=200000
@@ -13,17 +15,21 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import yaml
+from torch.utils.flop_counter import FlopCounterMode
+from train_cost import matmul_flops  # a sibling script of benchmarks/
 
 from grokking.lar import sum_of_squares
 from grokking.lm import load_config
 from grokking.lm.config import LarLayers
 from grokking.lm.engine import LMEngine
+from grokking.lm.optim import ORTHOGONALIZE_DTYPE
 
-SWEEPS = Path(__file__).resolve().parents[1] / "conf" / "lm" / "sweeps"
+SWEEPS = Path(__file__).resolve().parents[1] / "sweeps" / "lm"
 
 
 def seconds(work, repeats: int) -> float:
@@ -37,14 +43,27 @@ def seconds(work, repeats: int) -> float:
     return statistics.median(times)
 
 
-def lar_share(engine: LMEngine, repeats: int) -> tuple[float, float]:
-    """(seconds of one step's LAR, seconds of a step): the probe's work on the unembedding's
-    captured input and output of a training batch, and a whole step (forward, backward, clip,
-    the optimizers)."""
+def seconds_in_turns(works: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """{name: median wall time of `work`}, the works called in turns `repeats` times, after one
+    warm-up call each."""
+    for work in works.values():
+        work()
+    times = {name: [] for name in works}
+    for _ in range(repeats):
+        for name, work in works.items():
+            start = time.perf_counter()
+            work()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def lar_seconds(engine: LMEngine, repeats: int) -> float:
+    """Seconds of one step's LAR: the probe's work on the unembedding's captured input and
+    output of a training batch."""
     captured = {}
     head = engine.model.get_output_embeddings()
     hook = head.register_forward_hook(lambda m, a, out: captured.update(x=a[0], y=out))
-    step_s = seconds(engine.advance, repeats)
+    engine.advance()
     hook.remove()
     x, y = captured["x"].detach(), captured["y"].detach()
 
@@ -52,7 +71,20 @@ def lar_share(engine: LMEngine, repeats: int) -> tuple[float, float]:
         sum_of_squares(x.reshape(-1, x.shape[-1]))
         sum_of_squares(y.reshape(-1, y.shape[-1]))
 
-    return seconds(lar_work, repeats * 5), step_s
+    return seconds(lar_work, repeats)
+
+
+def step_flops(engine: LMEngine) -> int:
+    """FLOPs of one whole step (forward, backward, the optimizers: Muon's orthogonalisation)."""
+    with FlopCounterMode(display=False) as counter:
+        engine.advance()
+    return counter.get_total_flops()
+
+
+def optimizer_path(engine: LMEngine) -> str:
+    optimizer = engine.optimizers[-1]
+    dtype = optimizer.param_groups[0].get(ORTHOGONALIZE_DTYPE)
+    return f"muon, orthogonalising in {dtype}" if dtype else "adam"
 
 
 def sweep_runs(path: Path) -> list[dict]:
@@ -72,15 +104,18 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="config overrides, as on the command line")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    step_s, lar_s = {}, {}
+    engines = {}
     for optimizer in ("adam", "muon"):
         cfg = load_config(["eval_every=25", "token_budget=2000000", f"optim={optimizer}",
                            *args.overrides])  # fmt: skip
         start = time.perf_counter()
-        engine = LMEngine([cfg], torch.device("cpu"))
-        if not step_s:  # the first engine builds the data; the second reuses it
+        engines[optimizer] = engine = LMEngine([cfg], torch.device("cpu"))
+        if len(engines) == 1:  # the first engine builds the data; the second reuses it
             setup_s = time.perf_counter() - start
-        lar_s[optimizer], step_s[optimizer] = lar_share(engine, args.steps)
+    step_s = seconds_in_turns({name: e.advance for name, e in engines.items()}, args.steps)
+    lar_s = {name: lar_seconds(e, args.steps * 5) for name, e in engines.items()}
+    flops = {name: step_flops(e) for name, e in engines.items()}
+    peak = matmul_flops(1024, 1024, 1024)
     eval_all_s = seconds(engine.evaluate, 3)
     cfg.lar_layers = LarLayers.unembed
     eval_unembed_s = seconds(engine.evaluate, 3)
@@ -91,13 +126,17 @@ def main() -> None:
         f"{cfg.model.n_layers} layers, context {cfg.model.context}, batch {cfg.batch_size}, "
         f"{args.threads} thread(s); corpus {engine.data.meta['n_tokens']:,} tokens"
     )
+    print(f"fp32 matmul peak (1024^3): {peak / 1e9:.1f} GFLOP/s")
     for optimizer, seconds_per_step in step_s.items():
         share = lar_s[optimizer] / seconds_per_step
         print(
-            f"training step, {optimizer}: {seconds_per_step * 1e3:.0f} ms = "
-            f"{tokens / seconds_per_step:,.0f} tokens/s; the unembedding's LAR at every step "
+            f"training step, {optimizer_path(engines[optimizer])}: "
+            f"{seconds_per_step * 1e3:.0f} ms = {tokens / seconds_per_step:,.0f} tokens/s, "
+            f"{flops[optimizer] / 1e9:.1f} GFLOP = {flops[optimizer] / seconds_per_step / peak:.0%}"
+            f" of the matmul peak; the unembedding's LAR at every step "
             f"{lar_s[optimizer] * 1e3:.2f} ms = {share:.2%} of it"
         )
+    print(f"Muon step / Adam step: {step_s['muon'] / step_s['adam']:.2f}")
     print(
         f"evaluation ({cfg.val_batches} x {cfg.batch_size} validation sequences + the probe "
         f"batch): {eval_all_s:.2f} s with every matrix's LAR, {eval_unembed_s:.2f} s with the "

@@ -1,6 +1,6 @@
 """The language-model family on the shared run machinery: a tiny run through the command line,
-kill and resume, the probe on the HF model's unembedding, the Muon split, the schedule, and the
-refusals."""
+kill and resume, the probe on the HF model's unembedding, the Muon split, Muon's float32
+orthogonalisation, the schedule, and the refusals."""
 
 import dataclasses
 import subprocess
@@ -13,23 +13,48 @@ import pandas as pd
 import pytest
 import torch
 from conftest import run_cli, tiny_lm
+from torch.optim._muon import _zeropower_via_newtonschulz
 
 from grokking.lar import LARProbe, lar
-from grokking.lm.config import FLOAT_RANGES, LMConfig, OptimConfig, OptimizerName
+from grokking.lm import optim
+from grokking.lm.config import (
+    FLOAT_RANGES,
+    LMConfig,
+    OptimConfig,
+    OptimizerName,
+    OrthogonalizeDtype,
+)
 from grokking.lm.model import build_model, matrix_role
-from grokking.lm.optim import lr_factor, make_optimizers, split_parameters
+from grokking.lm.optim import (
+    ORTHOGONALIZE_DTYPE,
+    Muon,
+    lr_factor,
+    make_optimizers,
+    newton_schulz_float32,
+    resolve_orthogonalize_dtype,
+    split_parameters,
+)
 from grokking.runs.config import RunConfig
 from grokking.runs.rundir import RunDir, find_runs
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, corpus_dir):
-    cwd = tmp_path_factory.mktemp("lm_run")
+def _tiny_run(cwd: Path, corpus_dir, *overrides) -> tuple[RunDir, subprocess.CompletedProcess]:
     result = run_cli(
-        *tiny_lm(corpus_dir, cwd / "cache"), "hydra.run.dir=run", cwd=cwd, module="grokking.lm"
-    )
+        *tiny_lm(corpus_dir, cwd / "cache"), *overrides, "hydra.run.dir=run",
+        cwd=cwd, module="grokking.lm",
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     return RunDir(cwd / "run"), result
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, corpus_dir):
+    return _tiny_run(tmp_path_factory.mktemp("lm_run"), corpus_dir)
+
+
+@pytest.fixture(scope="module")
+def tiny_muon_run(tmp_path_factory, corpus_dir):
+    return _tiny_run(tmp_path_factory.mktemp("lm_muon_run"), corpus_dir, "optim=muon")
 
 
 def test_a_tiny_run_through_the_command_line_writes_its_folder(tiny_run):
@@ -163,9 +188,14 @@ def same_run(a: RunDir, b: RunDir) -> None:
 
 
 @pytest.mark.slow
-def test_kill_9_then_resume_equals_uninterrupted(tmp_path, tiny_run, corpus_dir):
-    uninterrupted, _ = tiny_run
-    overrides = [*tiny_lm(corpus_dir, tmp_path / "cache"), "hydra.run.dir=run"]
+@pytest.mark.parametrize(
+    "uninterrupted, optimizer", [("tiny_run", []), ("tiny_muon_run", ["optim=muon"])]
+)
+def test_kill_9_then_resume_equals_uninterrupted(
+    tmp_path, corpus_dir, request, uninterrupted, optimizer
+):
+    uninterrupted, _ = request.getfixturevalue(uninterrupted)
+    overrides = [*tiny_lm(corpus_dir, tmp_path / "cache"), *optimizer, "hydra.run.dir=run"]
     process = subprocess.Popen(
         [sys.executable, "-m", "grokking.lm", *overrides],
         cwd=tmp_path,
@@ -183,6 +213,8 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path, tiny_run, corpus_dir)
     resumed = run_cli(*overrides, cwd=tmp_path, module="grokking.lm", check=True)
     assert "resuming" in resumed.stderr + resumed.stdout
     same_run(run, uninterrupted)
+    dtype = run.read_summary()["orthogonalize_dtype"]  # Muon's, None under Adam
+    assert dtype == uninterrupted.read_summary()["orthogonalize_dtype"]
 
 
 @pytest.mark.parametrize(
@@ -192,6 +224,10 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path, tiny_run, corpus_dir)
         ("data.vocab_size=100", "data.vocab_size: must be an integer in [258, 65535], got 100"),
         ("token_budget=10", "token_budget: must hold at least one step"),
         ("optim=adamx", "optim: no option 'adamx'; allowed: adam, muon"),
+        (
+            "optim=muon optim.orthogonalize_dtype=fp16",
+            "optim.orthogonalize_dtype: must be one of auto, bfloat16, float32, got 'fp16'",
+        ),
         ("model.width=3", "model.width: not a config key"),
         (
             "model.attn_logit_softcapping=inf",
@@ -287,6 +323,79 @@ def test_adam_puts_everything_on_adam_and_decays_no_gain():
     decayed, plain = adam.param_groups
     assert all(p.ndim == 2 for p in decayed["params"]) and decayed["weight_decay"] == 0.1
     assert all(p.ndim == 1 for p in plain["params"]) and plain["weight_decay"] == 0.0
+
+
+# the default model's hidden matrices: q, k, v, o; gate, up (tall); down (wide)
+MODEL_SHAPES = [(128, 128), (512, 128), (128, 512)]
+NS = ((3.4445, -4.7750, 2.0315), 5, 1e-7)  # torch's coefficients, steps and eps
+
+
+def test_float32_orthogonalisation_is_torchs_newton_schulz_in_float32(monkeypatch):
+    torch.manual_seed(0)
+    matrices = [torch.randn(shape) for shape in MODEL_SHAPES]
+    in_bfloat16 = [_zeropower_via_newtonschulz(m, *NS) for m in matrices]
+    # torch's own iteration with its cast to bfloat16 made a float32 copy: the very same numbers
+    monkeypatch.setattr(torch.Tensor, "bfloat16", lambda tensor: tensor.clone())
+    for matrix, bfloat16 in zip(matrices, in_bfloat16, strict=True):
+        ours = newton_schulz_float32(matrix, *NS)
+        assert ours.dtype == torch.float32 and ours.shape == matrix.shape
+        assert torch.equal(ours, _zeropower_via_newtonschulz(matrix, *NS))
+        # and torch's bfloat16 result to bfloat16's precision (8 bits, through 15 products)
+        error = (ours - bfloat16.float()).norm() / ours.norm()
+        assert error < 0.03, error
+
+
+def _muon_after_steps(make, steps: int = 3) -> list[torch.Tensor]:
+    """The model-shaped matrices after `steps` steps of `make(params)` on fixed gradients."""
+    generator = torch.Generator().manual_seed(1)
+    params = [torch.nn.Parameter(torch.randn(s, generator=generator)) for s in MODEL_SHAPES]
+    optimizer = make(params)
+    for _ in range(steps):
+        for param in params:
+            param.grad = torch.randn(param.shape, generator=generator)
+        optimizer.step()
+    return [param.detach() for param in params]
+
+
+def test_muon_steps_equal_torchs_in_bfloat16_and_float32(monkeypatch):
+    settings = {"lr": 0.02, "weight_decay": 0.1, "momentum": 0.95, "nesterov": True}
+    torchs = _muon_after_steps(lambda params: torch.optim.Muon(params, **settings))
+    in_bfloat16 = _muon_after_steps(lambda params: Muon(params, "bfloat16", **settings))
+    in_float32 = _muon_after_steps(lambda params: Muon(params, "float32", **settings))
+    assert all(torch.equal(a, b) for a, b in zip(torchs, in_bfloat16, strict=True))
+    for a, b in zip(torchs, in_float32, strict=True):  # each step moves entries by ~1e-2
+        torch.testing.assert_close(b, a, atol=1e-3, rtol=0)
+    monkeypatch.setattr(torch.Tensor, "bfloat16", lambda tensor: tensor.clone())
+    torchs_in_float32 = _muon_after_steps(lambda params: torch.optim.Muon(params, **settings))
+    assert all(torch.equal(a, b) for a, b in zip(torchs_in_float32, in_float32, strict=True))
+
+
+def test_auto_orthogonalises_in_float32_only_on_a_cpu_without_native_bfloat16(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    auto = OrthogonalizeDtype.auto
+    for native, expected in ((False, "float32"), (True, "bfloat16")):
+        monkeypatch.setattr(optim, "cpu_has_native_bfloat16", lambda native=native: native)
+        assert resolve_orthogonalize_dtype(auto, cpu) == expected
+        assert resolve_orthogonalize_dtype(auto, cuda) == "bfloat16"  # torch's own path
+        for choice in ("bfloat16", "float32"):
+            assert resolve_orthogonalize_dtype(OrthogonalizeDtype(choice), cpu) == choice
+    o = OptimConfig(name=OptimizerName.muon, orthogonalize_dtype=OrthogonalizeDtype.float32)
+    _, muon = make_optimizers(small_model(), o)
+    assert muon.param_groups[0][ORTHOGONALIZE_DTYPE] == "float32"
+    # a run resumed on a machine where `auto` means otherwise keeps the dtype it started with
+    o.orthogonalize_dtype = OrthogonalizeDtype.bfloat16
+    _, resumed = make_optimizers(small_model(), o)
+    resumed.load_state_dict(muon.state_dict())
+    assert resumed.param_groups[0][ORTHOGONALIZE_DTYPE] == "float32"
+
+
+def test_a_muon_run_says_which_orthogonalisation_ran(tiny_muon_run, tiny_run):
+    run, _ = tiny_muon_run
+    dtype = resolve_orthogonalize_dtype(OrthogonalizeDtype.auto, torch.device("cpu"))
+    assert run.read_summary()["orthogonalize_dtype"] == dtype
+    log = (run.path / "train.log").read_text()
+    assert f"Muon orthogonalises in {dtype} (optim.orthogonalize_dtype=auto)" in log
+    assert tiny_run[0].read_summary()["orthogonalize_dtype"] is None  # Adam
 
 
 def test_schedule_warms_up_linearly_then_decays_by_a_cosine():

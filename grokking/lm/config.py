@@ -23,6 +23,14 @@ class OptimizerName(enum.Enum):
     muon = "muon"  # Muon on the 2-D hidden matrices, Adam on embeddings, unembedding and gains
 
 
+class OrthogonalizeDtype(enum.Enum):
+    """The dtype of Muon's Newton–Schulz iterations (grokking.lm.optim.Muon)."""
+
+    auto = "auto"  # float32 on a CPU without native bfloat16 (slow there), bfloat16 elsewhere
+    bfloat16 = "bfloat16"  # torch.optim.Muon's own orthogonalisation
+    float32 = "float32"  # the same iterations in float32
+
+
 class LarLayers(enum.Enum):
     unembed = "unembed"  # only lm_head
     all = "all"  # every nn.Linear of the model
@@ -66,6 +74,7 @@ class OptimConfig:
     weight_decay: float = 0.0  # decoupled; on 2-D parameters only (never on norm gains)
     momentum: float = 0.95  # Muon's (Nesterov)
     ns_steps: int = 5  # Muon's Newton–Schulz iterations
+    orthogonalize_dtype: OrthogonalizeDtype = OrthogonalizeDtype.auto  # and their dtype
     warmup_fraction: float = 0.05  # of the steps, linear from 0 to the peak
     final_lr_fraction: float = 0.1  # the cosine ends at this fraction of the peak
     grad_clip: float = 1.0  # global norm; 0: off

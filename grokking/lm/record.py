@@ -10,9 +10,10 @@ import math
 import torch
 
 from grokking.lar import SPECTRAL_SUMMARY
-from grokking.lm.config import LMConfig
+from grokking.lm.config import LMConfig, OptimizerName
 from grokking.lm.data import Dataset, dataset
 from grokking.lm.model import build_model
+from grokking.lm.optim import resolve_orthogonalize_dtype
 from grokking.runs.record import RunRecord
 
 # The hashes of the data a run reads (lm.data), kept in last.pt and checked on resume.
@@ -57,8 +58,36 @@ class LMRecord(RunRecord):
             model = build_model(self.cfg.model, self.data.meta["vocab_size"], self.cfg.seed)
         return {name: tensor.shape for name, tensor in model.state_dict().items()}
 
+    @functools.cached_property
+    def orthogonalize_dtype(self) -> str | None:
+        """The dtype of Muon's Newton–Schulz iterations (None under Adam): the config's choice on
+        this machine; a resumed run's is the one it started with (`restore`), as is its Muon's,
+        whose saved state names it."""
+        if self.cfg.optim.name != OptimizerName.muon:
+            return None
+        return resolve_orthogonalize_dtype(self.cfg.optim.orthogonalize_dtype, self.device)
+
+    def log_orthogonalization(self) -> None:
+        if self.orthogonalize_dtype:
+            choice = self.cfg.optim.orthogonalize_dtype.value
+            self.log(
+                f"Muon orthogonalises in {self.orthogonalize_dtype} "
+                f"(optim.orthogonalize_dtype={choice})"
+            )
+
+    def start(self) -> None:
+        super().start()
+        self.log_orthogonalization()
+
     def family_state(self) -> dict:
-        return {key: self.data.meta[key] for key in DATA_HASHES}
+        return {
+            **{key: self.data.meta[key] for key in DATA_HASHES},
+            "orthogonalize_dtype": self.orthogonalize_dtype,
+        }
+
+    def restore(self, saved: dict) -> None:
+        self.orthogonalize_dtype = saved.get("orthogonalize_dtype")
+        self.log_orthogonalization()
 
     def family_problem(self, saved: dict) -> str | None:
         """A run resumes on the very tokens it started on, for training and for validation: not
@@ -121,6 +150,7 @@ class LMRecord(RunRecord):
         return {
             "family": "lm",
             "optimizer": cfg.optim.name.value,
+            "orthogonalize_dtype": self.orthogonalize_dtype,  # Muon's Newton–Schulz; None: Adam
             "train_tokens": meta["train_tokens"],
             "token_budget": cfg.token_budget,
             "epochs": cfg.max_steps * cfg.tokens_per_step / meta["train_tokens"],
