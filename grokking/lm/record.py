@@ -111,7 +111,6 @@ class LMRecord(RunRecord):
         best = min(evaluations, key=lambda row: row["val_loss"], default=None)
         last = self.metrics[-1] if self.metrics else {}
         return {
-            "family": "lm",
             "optimizer": cfg.optim.name.value,
             "train_tokens": meta["train_tokens"],
             "token_budget": cfg.token_budget,
