@@ -170,8 +170,7 @@ def test_the_command_line_refuses_in_one_line(tmp_path):
 
 
 PACKED_REFUSAL = (
-    "error: hydra/launcher: lm runs cannot train in packs; use hydra/launcher=basic, parallel "
-    "or slurm"
+    "error: hydra/launcher: lm runs cannot train in packs; use basic, parallel or slurm"
 )
 
 
@@ -193,7 +192,7 @@ def test_the_sweep_check_refuses_a_pack_of_language_models_too(tmp_path, monkeyp
     with pytest.raises(SystemExit) as exited:
         CheckBeforeLaunch("lm").on_multirun_start(config)
     assert exited.value.code == 2
-    assert capsys.readouterr().err.strip() == PACKED_REFUSAL + "; nothing submitted"
+    assert capsys.readouterr().err.strip() == PACKED_REFUSAL
     assert not any(tmp_path.iterdir())
 
 

@@ -3,11 +3,8 @@
 groups and its sweep files) and the groups every family shares in conf/shared/.
 
 A bad value is refused with one line, `error: <field>: <what is allowed>`, and exit code 2,
-before Hydra writes or submits anything.
-
-It is also the one job runner of every launcher (basic, parallel, SLURM, packed, packed_slurm):
-`train_jobs` trains a single run or a pack the same way (the family's checks, thread count,
-.hydra/ files), and `job_exits` gives every launcher the same exit codes."""
+before Hydra writes or submits anything. Every launcher runs its jobs with `train_jobs` and
+`job_exits`: one job runner, for single runs and packs."""
 
 from __future__ import annotations
 
@@ -100,20 +97,22 @@ class Command:
             return hydra.compose(CONFIG_NAME, list(overrides), return_hydra_config=hydra_node)
 
     def register(self) -> None:
-        """Store in Hydra's ConfigStore what the top config takes from the command: `schema`
-        (its first default: the typed schema, so unknown keys and bad types fail), `family`
-        (the family named to the run machinery, so no config file repeats its name: the
-        pre-launch check and the packed launcher load it by FAMILY_KEY; the keys left out of a
-        run folder's name are its schema's RUNTIME_FIELDS and LAUNCH_KEYS) and the sweep files.
-        The store is one per process (a notebook may compose both families' configs): a command
-        stores its own before each use."""
+        """Store what the top config takes from the command, so no config file names its family:
+        `schema` (the typed schema: unknown keys and bad types fail), `family` (its name at
+        FAMILY_KEY, and the keys left out of a run folder's name) and, as the options of the
+        group `sweeps` (`+sweeps=NAME`), its sweep files sweeps/<family>/NAME.yaml and only those
+        (not a search path: Hydra names a group after its folder). The store is one per process
+        (a notebook may compose both families): stored again before each use."""
         store, family = ConfigStore.instance(), OmegaConf.create()
         store.store(name="schema", node=self.family.schema)
         OmegaConf.update(family, FAMILY_KEY, self.family.name)
         unnamed = [*self.family.schema.RUNTIME_FIELDS, *LAUNCH_KEYS]
         OmegaConf.update(family, "hydra.job.config.override_dirname.exclude_keys", unnamed)
         store.store(name="family", node=family, package="_global_")
-        register_sweeps(self.family.name)
+        store.repo.pop("sweeps", None)
+        for path in sorted((SWEEPS_DIR / self.family.name).glob("*.yaml")):
+            sweep = OmegaConf.load(path)  # each file is `# @package _global_`: top-level keys
+            store.store(group="sweeps", name=path.stem, node=sweep, package="_global_")
 
     def check_command_line(self, arguments: list[str]) -> None:
         """Refuse, in the project's words, a command line whose config Hydra cannot compose or
@@ -135,22 +134,17 @@ class Command:
                     f"{swept[0]}: several values need a sweep (-m, or +sweeps=NAME); "
                     "a list is written key=[a,b]"
                 )
-            check_launcher(self.family, cfg)  # before `check`, which may tokenize a corpus
+            refuse_packs(self.family, cfg)  # before `check`, which may tokenize a corpus
             self.family.check(from_hydra(self.family.schema, cfg))
         except COMPOSITION_ERRORS as error:
             refuse(explain(error, self.family.schema))
 
     def run_job(self, cfg: DictConfig) -> None:
         """One job (a single run, or one run of a sweep, wherever the launcher runs it)."""
-        hydra_cfg = HydraConfig.get()
-        job = Job(
-            from_hydra(self.family.schema, cfg),
-            Path(hydra_cfg.runtime.output_dir),
-            hydra_files(cfg, HydraConfig.instance().cfg),
-        )
+        hydra_cfg, files = HydraConfig.get(), hydra_files(cfg, HydraConfig.instance().cfg)
+        job = Job(from_hydra(self.family.schema, cfg), Path(hydra_cfg.runtime.output_dir), files)
         with job_exits():
-            n_jobs = OmegaConf.select(hydra_cfg, "launcher.n_jobs")
-            (summary,) = train_jobs(self.family, [job], n_jobs)
+            (summary,) = train_jobs(self.family, [job], hydra_cfg.launcher.get("n_jobs"))
             if summary["status"] == FAILED:  # alone, a run's failure is its command's
                 raise RunFailed(summary["failure"])
 
@@ -162,26 +156,12 @@ class Command:
         )()
 
 
-def register_sweeps(family_name: str) -> None:
-    """Make the sweep files of the family (sweeps/<family>/NAME.yaml), and only those, the options
-    of the config group `sweeps`, so `+sweeps=NAME` picks one. Why not a search path: Hydra names
-    a group after its folder, and sweeps/ stays at the repository's top with a folder per family.
-    The group is emptied first (see `Command.register`)."""
-    ConfigStore.instance().repo.pop("sweeps", None)
-    for path in sorted((SWEEPS_DIR / family_name).glob("*.yaml")):
-        node = OmegaConf.load(path)  # each file is `# @package _global_`: it sets top-level keys
-        ConfigStore.instance().store(group="sweeps", name=path.stem, node=node, package="_global_")
-
-
-def check_launcher(family: Family, config: DictConfig) -> None:
-    """ConfigError when the launcher trains packs (a packing launcher has `max_pack_size`:
-    hydra/launcher=packed, packed_slurm) and the family's runs train alone (no `pack_key`)."""
-    packs = OmegaConf.select(config, "hydra.launcher.max_pack_size") is not None
-    if packs and family.pack_key is None:
-        raise ConfigError(
-            f"hydra/launcher: {family.name} runs cannot train in packs; use "
-            "hydra/launcher=basic, parallel or slurm"
-        )
+def refuse_packs(family: Family, config: DictConfig) -> None:
+    """Refuse a launcher that trains packs (one with `max_pack_size`: hydra/launcher=packed,
+    packed_slurm) when the family's runs train alone (no `pack_key`)."""
+    if family.pack_key is None and "max_pack_size" in config.hydra.launcher:
+        what = f"{family.name} runs cannot train in packs; use basic, parallel or slurm"
+        refuse(f"hydra/launcher: {what}")
 
 
 # --- the job runner of every launcher ---------------------------------------------------------
@@ -195,11 +175,9 @@ class Job:
 
 
 def train_jobs(family: Family, jobs: Sequence[Job], n_jobs: int | None = None) -> list[dict]:
-    """Train `jobs` as one pack (a single run is a pack of one), wherever the launcher runs
-    them: each config checked by its family and against this machine's devices (a SLURM node's),
-    `threads=0` made the CPUs this job has (`default_threads`, `n_jobs`: the local launcher's),
-    and the .hydra/ files written once the folder is held. Their summaries; errors raise, for
-    `job_exits`."""
+    """Train `jobs` as one pack (a single run is a pack of one) wherever the launcher runs them:
+    each config checked by its family and against this machine's devices, `threads=0` made the
+    CPUs the job has, .hydra/ files written once the folder is held. Their summaries."""
     with stopped_with_its_driver():
         for job in jobs:
             family.check(job.cfg)
@@ -211,9 +189,8 @@ def train_jobs(family: Family, jobs: Sequence[Job], n_jobs: int | None = None) -
 
 @contextmanager
 def job_exits() -> Iterator[None]:
-    """A job's errors as the command's exit codes, for every launcher: 2 for a refused config, 1
-    for a failed run or a folder that is held, damaged or on a full disk (each message says
-    what to do), 128 + N for the signal N that stopped it (rerunning resumes)."""
+    """A job's errors as exit codes, for every launcher: 2 a refused config, 1 a failed run or a
+    folder held, damaged or on a full disk, 128 + N the signal N that stopped it (it resumes)."""
     try:
         yield
     except ConfigError as error:
@@ -240,9 +217,8 @@ def default_threads(n_jobs: int | None) -> int:
 
 
 def hydra_files(task_cfg: DictConfig, hydra_cfg: DictConfig) -> dict[str, str]:
-    """A job's .hydra/ files, as Hydra writes them, from its config without and with only the
-    `hydra` node (the config files turn Hydra's own writing off, so that they are written only
-    under the run folder's lock: runs/record.py)."""
+    """A job's .hydra/ files as Hydra writes them, from its config without and with only `hydra`
+    (Hydra's own writing is off: they are written under the run folder's lock, runs/record.py)."""
     return {
         ".hydra/config.yaml": OmegaConf.to_yaml(task_cfg),
         ".hydra/hydra.yaml": OmegaConf.to_yaml(hydra_cfg),

@@ -1,22 +1,16 @@
-"""What `hydra/launcher=packed` does with a sweep: compose every job, cut the jobs into packs of
-runs that can train together (`plan_packs`, by the family's `pack_key`), and train each pack with
-the job runner of every launcher (`command.train_jobs`) — in this process, one pack after
-another, or as one SLURM job per pack (`hydra/launcher=packed_slurm`, through submitit).
-
-Why a launcher: a launcher is the one place that receives every job of a sweep at once, so users
-keep their sweep files and switch packing on with `hydra/launcher=packed`, exactly as they switch
-to local processes or SLURM. Each job still gets its own run folder (`hydra.sweep.subdir`) with its
-own `.hydra/` files, and the folders are the same as a one-run-per-job launcher writes. The family
-is the one the command's config names (`command.FAMILY_KEY`); the pre-launch check has refused a
-family that cannot pack (`command.check_launcher`).
-"""
+"""The packed launcher (`hydra/launcher=packed`, `packed_slurm`): compose a sweep's jobs, cut them
+into packs of runs that can train together (`plan_packs`, by the family's `pack_key`), and train
+each pack with the job runner of every launcher (`command.train_jobs`), here one after another or
+as one SLURM job per pack (submitit). Why a launcher: it is the one place that receives every job
+of a sweep at once, so sweep files stay as they are and each job gets the run folder and .hydra/
+files a one-run-per-job launcher writes. The family is the one the command's config names
+(`command.FAMILY_KEY`); one that cannot pack was refused before launch (`command.refuse_packs`)."""
 
 from __future__ import annotations
 
 import logging
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import TypeVar
 
 import submitit
@@ -51,39 +45,36 @@ def plan_packs(
     return packs
 
 
-@dataclass
-class Member:
-    """One job of the sweep: its number, its overrides and what it trains."""
-
-    number: int
-    overrides: list[str]
-    job: Job
-
-
 def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: int):
     setup_globals()
     configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
     family = load_family(OmegaConf.select(launcher.config, FAMILY_KEY))
-    members, job_configs = [], []
+    configs, jobs = [], []  # each job's composed config (its hydra node too), and what it trains
     for number, overrides in enumerate(job_overrides, start=initial_job_idx):
-        job_config = compose_job(launcher.config, list(overrides))
-        with open_dict(job_config):
-            job_config.hydra.job.id = job_config.hydra.job.num = number
-        job_configs.append(job_config)
-        files = hydra_files(_task_config(job_config), OmegaConf.masked_copy(job_config, "hydra"))
-        job = Job(from_hydra(family.schema, job_config), job_dir(job_config), files)
-        members.append(Member(number, list(overrides), job))
-    cfgs = [member.job.cfg for member in members]
-    packs = plan_packs(members, cfgs, family.pack_key, launcher.max_pack_size)
+        config = compose_job(launcher.config, list(overrides))
+        with open_dict(config):
+            config.hydra.job.id = config.hydra.job.num = number
+        files = hydra_files(_task_config(config), OmegaConf.masked_copy(config, "hydra"))
+        configs.append(config)
+        jobs.append(Job(from_hydra(family.schema, config), job_dir(config), files))
+    cfgs, size = [job.cfg for job in jobs], launcher.max_pack_size
+    packs = plan_packs(range(len(jobs)), cfgs, family.pack_key, size)  # of job indices
     where = "as SLURM jobs" if launcher.slurm else "here, one after another"
-    log.info("packed launcher: %d runs in %d packs (%s)", len(members), len(packs), where)
+    log.info("packed launcher: %d runs in %d packs (%s)", len(jobs), len(packs), where)
     for pack in packs:
-        log.info("  pack of %d: %s", len(pack), " | ".join(_describe(m) for m in pack))
-    train = PackJob(family.name)
-    summaries = _run_on_slurm(launcher, train, packs) if launcher.slurm else _run_here(train, packs)
+        named = [" ".join(filter_overrides(job_overrides[i])) or jobs[i].run_dir.name for i in pack]
+        log.info("  pack of %d: %s", len(pack), " | ".join(named))
+    train, job_packs = PackJob(family.name), [[jobs[i] for i in pack] for pack in packs]
+    if launcher.slurm:
+        results = _run_on_slurm(launcher, train, job_packs)
+    else:
+        results = [train(pack) for pack in job_packs]
+    summaries = {}  # by job index
+    for pack, result in zip(packs, results, strict=True):
+        summaries |= dict(zip(pack, result, strict=True))
     return [
-        _job_return(member, job_config, summaries.get(member.number))
-        for member, job_config in zip(members, job_configs, strict=True)
+        _job_return(list(job_overrides[i]), configs[i], jobs[i], summaries[i])
+        for i in range(len(jobs))
     ]
 
 
@@ -92,18 +83,7 @@ def _task_config(job_config: DictConfig) -> DictConfig:
     return OmegaConf.masked_copy(job_config, [key for key in job_config if key != "hydra"])
 
 
-def _describe(member: Member) -> str:
-    return " ".join(filter_overrides(member.overrides)) or member.job.run_dir.name
-
-
-def _run_here(train: PackJob, packs: list[list[Member]]) -> dict[int, dict]:
-    summaries = {}
-    for pack in packs:
-        summaries |= train(pack)
-    return summaries
-
-
-def _run_on_slurm(launcher, train: PackJob, packs: list[list[Member]]) -> dict[int, dict]:
+def _run_on_slurm(launcher, train: PackJob, packs: list[list[Job]]) -> list[list[dict]]:
     """One SLURM job per pack; waits for them all, as the submitit launcher does."""
     options = OmegaConf.to_container(launcher.slurm, resolve=True)
     executor = submitit.AutoExecutor(
@@ -120,10 +100,7 @@ def _run_on_slurm(launcher, train: PackJob, packs: list[list[Member]]) -> dict[i
     )
     jobs = executor.map_array(train, packs)
     log.info("submitted %d SLURM jobs: %s", len(jobs), " ".join(job.job_id for job in jobs))
-    summaries = {}
-    for job in jobs:
-        summaries |= job.result()
-    return summaries
+    return [job.result() for job in jobs]
 
 
 # submitit's own names; every other key of `slurm` is a SLURM option (submitit's slurm_ prefix)
@@ -140,29 +117,27 @@ _GENERIC_PARAMETERS = {
 
 
 class PackJob(submitit.helpers.Checkpointable):
-    """Train one pack of the family named `family`: {job number: summary}, exiting as every job
-    does (`job_exits`). As a SLURM job, on preemption or time-out the trainer saves every
-    member's last.pt, and submitit requeues this same call, which resumes them."""
+    """Train one pack of the family named `family` (its summaries), exiting as every job does
+    (`job_exits`). As a SLURM job, on preemption or time-out the trainer saves every member's
+    last.pt, and submitit requeues this same call, which resumes them."""
 
     def __init__(self, family: str):
         self.family = family  # a name: the job pickles it, the SLURM node loads the family
 
-    def __call__(self, pack: list[Member]) -> dict[int, dict]:
+    def __call__(self, pack: list[Job]) -> list[dict]:
         with job_exits():
-            summaries = train_jobs(load_family(self.family), [member.job for member in pack])
-        return {member.number: summary for member, summary in zip(pack, summaries, strict=True)}
+            return train_jobs(load_family(self.family), pack)
 
 
-def _job_return(member: Member, job_config: DictConfig, summary: dict | None) -> JobReturn:
-    ok = summary is not None and summary["status"] == COMPLETED
-    where = member.job.run_dir
-    failure = RunFailed(f"{where}: {(summary or {}).get('failure', 'did not complete')}")
+def _job_return(overrides: list[str], config: DictConfig, job: Job, summary: dict) -> JobReturn:
+    ok = summary["status"] == COMPLETED
+    failure = RunFailed(f"{job.run_dir}: {summary.get('failure', 'did not complete')}")
     return JobReturn(
-        overrides=member.overrides,
-        cfg=_task_config(job_config),
-        hydra_cfg=job_config,
+        overrides=overrides,
+        cfg=_task_config(config),
+        hydra_cfg=config,
         working_dir=os.getcwd(),
-        task_name=job_config.hydra.job.name,
+        task_name=config.hydra.job.name,
         status=JobStatus.COMPLETED if ok else JobStatus.FAILED,
         _return_value=summary if ok else failure,
     )

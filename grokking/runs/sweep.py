@@ -21,7 +21,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from grokking.runs.command import check_launcher, refuse
+from grokking.runs.command import refuse, refuse_packs
 from grokking.runs.config import ConfigError, RunConfig, check_device_here, from_hydra
 from grokking.runs.family import Family, load_family
 from grokking.runs.hydra_errors import COMPOSITION_ERRORS, explain
@@ -114,10 +114,7 @@ class CheckBeforeLaunch(Callback):
             refuse(str(error), code=1)
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        try:
-            check_launcher(self.family, config)
-        except ConfigError as error:
-            refuse(f"{error}; nothing submitted")
+        refuse_packs(self.family, config)
         jobs = sweep_jobs(config)
         first_job_of: dict[Path, int] = {}  # run folder -> the first job writing it
         for number, overrides in enumerate(jobs):
