@@ -52,11 +52,13 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
     configs, jobs = [], []  # each job's composed config (its hydra node too), and what it trains
     for number, overrides in enumerate(job_overrides, start=initial_job_idx):
         config = compose_job(launcher.config, list(overrides))
-        with open_dict(config):
+        with open_dict(config):  # what Hydra's own run_job sets, for .hydra/hydra.yaml
             config.hydra.job.id = config.hydra.job.num = number
+            run_dir = job_dir(config)
+            config.hydra.runtime.output_dir = os.path.abspath(run_dir)
         files = hydra_files(_task_config(config), OmegaConf.masked_copy(config, "hydra"))
         configs.append(config)
-        jobs.append(Job(from_hydra(family.schema, config), job_dir(config), files))
+        jobs.append(Job(from_hydra(family.schema, config), run_dir, files))
     cfgs, size = [job.cfg for job in jobs], launcher.max_pack_size
     packs = plan_packs(range(len(jobs)), cfgs, family.pack_key, size)  # of job indices
     where = "as SLURM jobs" if launcher.slurm else "here, one after another"
@@ -104,16 +106,8 @@ def _run_on_slurm(launcher, train: PackJob, packs: list[list[Job]]) -> list[list
 
 
 # submitit's own names; every other key of `slurm` is a SLURM option (submitit's slurm_ prefix)
-_GENERIC_PARAMETERS = {
-    "cpus_per_task",
-    "gpus_per_node",
-    "name",
-    "timeout_min",
-    "nodes",
-    "mem_gb",
-    "stderr_to_stdout",
-    "tasks_per_node",
-}
+_GENERIC_PARAMETERS = """cpus_per_task gpus_per_node name timeout_min nodes mem_gb stderr_to_stdout
+tasks_per_node""".split()
 
 
 class PackJob(submitit.helpers.Checkpointable):
