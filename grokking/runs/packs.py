@@ -15,7 +15,7 @@ from typing import TypeVar
 
 import submitit
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from grokking.runs.command import FAMILY_KEY, Job, hydra_files, job_exits, train_jobs
 from grokking.runs.config import RunConfig, from_hydra
@@ -52,7 +52,7 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
     configs, jobs = [], []  # each job's composed config (its hydra node too), and what it trains
     for number, overrides in enumerate(job_overrides, start=initial_job_idx):
         config = compose_job(launcher.config, list(overrides))
-        with open_dict(config):  # what Hydra's own run_job sets, for .hydra/hydra.yaml
+        with open_dict(config), read_write(config.hydra.runtime):  # as Hydra's run_job sets them
             config.hydra.job.id = config.hydra.job.num = number
             run_dir = job_dir(config)
             config.hydra.runtime.output_dir = os.path.abspath(run_dir)
