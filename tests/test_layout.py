@@ -73,3 +73,19 @@ def test_the_graph_reads_imports_wherever_they_are(tmp_path, monkeypatch):
     (tmp_path / "probe.py").write_text(source)
     assert imports("probe") == {"grokking.lm.corpus"}  # inside a function, a module by name
     assert "grokking.runs.rundir" in GRAPH["grokking.algorithmic.build"]
+
+
+@pytest.mark.parametrize("layer", ["runs", "lar"])
+def test_the_shared_layers_write_no_word_of_the_layers_above(layer):
+    """No string in their code is a family's name or a checkpoint kind a family keeps; "grokking"
+    (the package's name too) and "final" (the run machinery's own checkpoint) aside."""
+    from grokking.algorithmic.record import CHECKPOINT_KINDS
+
+    words = {"algorithmic", "lm", *CHECKPOINT_KINDS} - {"grokking", "final"}
+    found = {
+        f"{path.relative_to(PACKAGE)}: {node.value!r}"
+        for path in (PACKAGE / layer).rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Constant) and node.value in words
+    }
+    assert not found

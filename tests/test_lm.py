@@ -270,6 +270,33 @@ def test_the_command_line_refuses_in_one_line(tmp_path):
     assert not (tmp_path / "outputs").exists()
 
 
+PACKED_REFUSAL = (
+    "error: hydra/launcher: lm runs cannot train in packs; use basic, parallel or slurm"
+)
+
+
+def test_a_pack_of_language_models_is_refused_before_anything_is_written(tmp_path):
+    arguments = ["-m", "seed=0,1", "hydra/launcher=packed", "hydra.sweep.dir=sweep"]
+    result = run_cli(*arguments, cwd=tmp_path, module="grokking.lm")
+    assert result.returncode == 2
+    assert result.stderr.strip() == PACKED_REFUSAL
+    assert not any(tmp_path.iterdir())
+
+
+def test_the_sweep_check_refuses_a_pack_of_language_models_too(tmp_path, monkeypatch, capsys):
+    """The pre-launch check refuses it too, for a command line the command leaves to Hydra."""
+    from grokking.lm import COMMAND
+    from grokking.runs.sweep import CheckBeforeLaunch
+
+    monkeypatch.chdir(tmp_path)
+    config = COMMAND._compose(["hydra/launcher=packed"], hydra_node=True)
+    with pytest.raises(SystemExit) as exited:
+        CheckBeforeLaunch("lm").on_multirun_start(config)
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.strip() == PACKED_REFUSAL
+    assert not any(tmp_path.iterdir())
+
+
 def test_more_training_tokens_than_the_corpus_holds_is_refused(tmp_path, corpus_dir):
     overrides = [*tiny_lm(corpus_dir, tmp_path / "cache"), "data.train_tokens=10000000"]
     result = run_cli(*overrides, cwd=tmp_path, module="grokking.lm")

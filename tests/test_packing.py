@@ -17,9 +17,10 @@ from grokking.algorithmic.build import build, load_model, run_config
 from grokking.algorithmic.config import Precision, TaskConfig, TrainConfig
 from grokking.algorithmic.engine import Engine
 from grokking.algorithmic.model import ModelConfig, Transformer
-from grokking.algorithmic.packing import plan_packs
+from grokking.algorithmic.packing import pack_key
 from grokking.algorithmic.stacked import MatrixSums, StackedTransformer
 from grokking.lar import lar
+from grokking.runs.packs import plan_packs
 from grokking.runs.rundir import RunDir
 
 # Small runs (p = 11, 90 % train data); addition with seed 0 groks near epoch 150-200 (where
@@ -142,10 +143,10 @@ def test_runs_of_other_shapes_are_not_packed_together():
         for name, p in (("add", 97), ("x3_xy", 97), ("div", 97), ("s5_xyx", None))
         for seed in range(3)
     ]
-    packs = plan_packs(list(range(len(cfgs))), cfgs, max_size=4)
+    packs = plan_packs(list(range(len(cfgs))), cfgs, pack_key, max_size=4)
     # add and x3_xy share every shape; div has 97·96 examples; S5 another vocabulary
     assert packs == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11]]
-    assert plan_packs(list(range(6)), cfgs[:6], max_size=5) == [[0, 1, 2], [3, 4, 5]]
+    assert plan_packs(list(range(6)), cfgs[:6], pack_key, max_size=5) == [[0, 1, 2], [3, 4, 5]]
     with pytest.raises(ValueError, match="agree in shapes"):
         train_pack([(cfgs[0], "a"), (cfgs[6], "b")])
 

@@ -14,6 +14,10 @@ from grokking.algorithmic.tasks import make_dataset, train_size
 from grokking.lar import SPECTRAL_SUMMARY
 from grokking.runs.record import RunRecord
 
+# The model checkpoints a grokking run keeps (besides last.pt, its resume point): its events' and
+# the final one, in the order they happen; what the analysis measures.
+CHECKPOINT_KINDS = ("memorization", "grokking", "final")
+
 
 @dataclass
 class Events:
@@ -147,7 +151,6 @@ class GrokkingRecord(RunRecord):
     def summary_fields(self) -> dict:
         cfg, final = self.cfg, self.metrics[-1] if self.metrics else {}
         return {
-            "family": "algorithmic",
             "task": cfg.task.name,
             "p": cfg.task.p,
             "train_fraction": cfg.train_fraction,

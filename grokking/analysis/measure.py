@@ -16,9 +16,10 @@ import torch
 from sklearn.decomposition import PCA
 
 from grokking.algorithmic.build import build, load_model, run_config
+from grokking.algorithmic.record import CHECKPOINT_KINDS
 from grokking.analysis.collect import Results, reason
 from grokking.lar import LARProbe, k_lar, summary_from_spectra
-from grokking.runs.rundir import CHECKPOINT_KINDS, MEASURES, RunDir
+from grokking.runs.rundir import MEASURES, RunDir
 
 log = logging.getLogger("grokking.analysis")
 

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import mean_squared_error
 
+from grokking.algorithmic.record import CHECKPOINT_KINDS
 from grokking.analysis.conditions import CONFIG_PREFIX, PANEL_KEYS, setting_keys
-from grokking.runs.rundir import CHECKPOINT_KINDS
 
 # Table 1's columns: which checkpoint, and which runs.
 COLUMNS = {

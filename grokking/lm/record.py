@@ -148,7 +148,6 @@ class LMRecord(RunRecord):
         best = min(evaluations, key=lambda row: row["val_loss"], default=None)
         last = self.metrics[-1] if self.metrics else {}
         return {
-            "family": "lm",
             "optimizer": cfg.optim.name.value,
             "orthogonalize_dtype": self.orthogonalize_dtype,  # Muon's Newton–Schulz; None: Adam
             "train_tokens": meta["train_tokens"],

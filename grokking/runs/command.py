@@ -3,7 +3,8 @@
 groups and its sweep files) and the groups every family shares in conf/shared/.
 
 A bad value is refused with one line, `error: <field>: <what is allowed>`, and exit code 2,
-before Hydra writes or submits anything."""
+before Hydra writes or submits anything. Every launcher runs its jobs with `train_jobs` and
+`job_exits`: one job runner, for single runs and packs."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
@@ -26,11 +28,10 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from grokking.runs.config import ConfigError, RunConfig, check_device_here, from_hydra
-from grokking.runs.family import Family, load_family
+from grokking.runs.family import Family
 from grokking.runs.hydra_errors import COMPOSITION_ERRORS, explain
-from grokking.runs.loop import Interrupted, RunFailed, train
-from grokking.runs.rundir import DamagedFile, DiskFull, RunLocked
-from grokking.runs.sweep import default_threads, refuse
+from grokking.runs.loop import Interrupted, RunFailed, train_pack
+from grokking.runs.rundir import FAILED, DamagedFile, DiskFull, RunLocked
 
 log = logging.getLogger("grokking")
 
@@ -44,6 +45,14 @@ CONFIG_NAME = "config"  # each family's top config: conf/<family>/config.yaml
 LAUNCH_KEYS = ("sweeps", "+sweeps", "hydra/launcher")
 
 MAX_NAME_BYTES = 200  # file systems allow 255 bytes in a name
+# Where a command's config names its family, for the pre-launch check and the packed launcher.
+FAMILY_KEY = "hydra.callbacks.check.family"
+
+
+def refuse(message: str, code: int = 2):
+    """The command's one-line refusal: `error: <message>` on stderr, and exit `code`."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
 
 
 def run_name(overrides: str) -> str:
@@ -67,12 +76,6 @@ OmegaConf.register_new_resolver(
     lambda group: ", ".join(sorted(path.stem for path in (ROOT / group).glob("*.yaml"))),
     replace=True,
 )
-# The keys left out of a run folder's name: the family schema's RUNTIME_FIELDS and LAUNCH_KEYS.
-OmegaConf.register_new_resolver(
-    "unnamed_keys",
-    lambda family: [*load_family(family).schema.RUNTIME_FIELDS, *LAUNCH_KEYS],
-    replace=True,
-)
 
 
 class Command:
@@ -80,8 +83,6 @@ class Command:
 
     def __init__(self, family: Family):
         self.family, self.config_dir = family, str(CONF_DIR / family.name)
-        # the config file's first default: the typed schema, so unknown keys and bad types fail
-        ConfigStore.instance().store(name=f"{family.name}_schema", node=family.schema)
 
     def load_config(self, overrides: list[str] = ()) -> RunConfig:
         """The config the command would run with `overrides`, for notebooks, benchmarks and
@@ -91,9 +92,27 @@ class Command:
         return cfg
 
     def _compose(self, overrides, hydra_node: bool = False) -> DictConfig:
-        register_sweeps(self.family.name)
+        self.register()
         with hydra.initialize_config_dir(self.config_dir, version_base="1.3"):
             return hydra.compose(CONFIG_NAME, list(overrides), return_hydra_config=hydra_node)
+
+    def register(self) -> None:
+        """Store what the top config takes from the command, so no config file names its family:
+        `schema` (the typed schema: unknown keys and bad types fail), `family` (its name at
+        FAMILY_KEY, and the keys left out of a run folder's name) and, as the options of the
+        group `sweeps` (`+sweeps=NAME`), its sweep files sweeps/<family>/NAME.yaml and only those
+        (not a search path: Hydra names a group after its folder). The store is one per process
+        (a notebook may compose both families): stored again before each use."""
+        store, family = ConfigStore.instance(), OmegaConf.create()
+        store.store(name="schema", node=self.family.schema)
+        OmegaConf.update(family, FAMILY_KEY, self.family.name)
+        unnamed = [*self.family.schema.RUNTIME_FIELDS, *LAUNCH_KEYS]
+        OmegaConf.update(family, "hydra.job.config.override_dirname.exclude_keys", unnamed)
+        store.store(name="family", node=family, package="_global_")
+        store.repo.pop("sweeps", None)
+        for path in sorted((SWEEPS_DIR / self.family.name).glob("*.yaml")):
+            sweep = OmegaConf.load(path)  # each file is `# @package _global_`: top-level keys
+            store.store(group="sweeps", name=path.stem, node=sweep, package="_global_")
 
     def check_command_line(self, arguments: list[str]) -> None:
         """Refuse, in the project's words, a command line whose config Hydra cannot compose or
@@ -115,6 +134,7 @@ class Command:
                     f"{swept[0]}: several values need a sweep (-m, or +sweeps=NAME); "
                     "a list is written key=[a,b]"
                 )
+            refuse_packs(self.family, cfg)  # before `check`, which may tokenize a corpus
             self.family.check(from_hydra(self.family.schema, cfg))
         except COMPOSITION_ERRORS as error:
             refuse(explain(error, self.family.schema))
@@ -123,44 +143,89 @@ class Command:
 
     def run_job(self, cfg: DictConfig) -> None:
         """One job (a single run, or one run of a sweep, wherever the launcher runs it)."""
-        run_cfg = from_hydra(self.family.schema, cfg)
-        hydra_cfg = HydraConfig.get()
-        if run_cfg.threads == 0:
-            run_cfg.threads = default_threads(hydra_cfg)
-        with stopped_with_its_driver():
-            try:
-                self.family.check(run_cfg)
-                check_device_here(run_cfg)  # on the machine that trains, e.g. a SLURM node
-                output_dir = Path(hydra_cfg.runtime.output_dir)
-                train(self.family, run_cfg, output_dir, hydra_files(cfg))
-            except ConfigError as error:
-                refuse(str(error))
-            except RunFailed as error:
-                refuse(f"run failed: {error}", code=1)
-            except (RunLocked, DamagedFile, DiskFull) as error:  # each says what to do
-                refuse(str(error), code=1)
-            except Interrupted as error:
-                log.warning("%s; rerun the same command to resume", error)
-                sys.exit(128 + error.signum)
+        hydra_cfg, files = HydraConfig.get(), hydra_files(cfg, HydraConfig.instance().cfg)
+        job = Job(from_hydra(self.family.schema, cfg), Path(hydra_cfg.runtime.output_dir), files)
+        with job_exits():
+            (summary,) = train_jobs(self.family, [job], hydra_cfg.launcher.get("n_jobs"))
+            if summary["status"] == FAILED:  # alone, a run's failure is its command's
+                raise RunFailed(summary["failure"])
 
     def main(self) -> None:
         self.check_command_line(sys.argv[1:])
-        register_sweeps(self.family.name)
+        self.register()
         hydra.main(version_base="1.3", config_path=self.config_dir, config_name=CONFIG_NAME)(
             self.run_job
         )()
 
 
-def register_sweeps(family_name: str) -> None:
-    """Make the sweep files of the family (sweeps/<family>/NAME.yaml), and only those, the options
-    of the config group `sweeps`, so `+sweeps=NAME` picks one. Why not a search path: Hydra names
-    a group after its folder, and sweeps/ stays at the repository's top with a folder per family.
-    The store is one per process (a notebook may compose both families' configs): the group is
-    emptied first."""
-    ConfigStore.instance().repo.pop("sweeps", None)
-    for path in sorted((SWEEPS_DIR / family_name).glob("*.yaml")):
-        node = OmegaConf.load(path)  # each file is `# @package _global_`: it sets top-level keys
-        ConfigStore.instance().store(group="sweeps", name=path.stem, node=node, package="_global_")
+def refuse_packs(family: Family, config: DictConfig) -> None:
+    """Refuse a launcher that trains packs (one with `max_pack_size`: hydra/launcher=packed,
+    packed_slurm) when the family's runs train alone (no `pack_key`)."""
+    if family.pack_key is None and "max_pack_size" in config.hydra.launcher:
+        what = f"{family.name} runs cannot train in packs; use basic, parallel or slurm"
+        refuse(f"hydra/launcher: {what}")
+
+
+# --- the job runner of every launcher ---------------------------------------------------------
+@dataclass
+class Job:
+    """One run to train: its config, its run folder, and the .hydra/ files written into it."""
+
+    cfg: RunConfig
+    run_dir: Path
+    files: dict[str, str]
+
+
+def train_jobs(family: Family, jobs: Sequence[Job], n_jobs: int | None = None) -> list[dict]:
+    """Train `jobs` as one pack (a single run is a pack of one) wherever the launcher runs them:
+    each config checked by its family and against this machine's devices, `threads=0` made the
+    CPUs the job has, .hydra/ files written once the folder is held. Their summaries."""
+    with stopped_with_its_driver():
+        for job in jobs:
+            family.check(job.cfg)
+            check_device_here(job.cfg)
+            if job.cfg.threads == 0:
+                job.cfg.threads = default_threads(n_jobs)
+        return train_pack(family, [(job.cfg, job.run_dir) for job in jobs], [j.files for j in jobs])
+
+
+@contextmanager
+def job_exits() -> Iterator[None]:
+    """A job's errors as exit codes, for every launcher: 2 a refused config, 1 a failed run or a
+    folder held, damaged or on a full disk, 128 + N the signal N that stopped it (it resumes)."""
+    try:
+        yield
+    except ConfigError as error:
+        refuse(str(error))
+    except RunFailed as error:
+        refuse(f"run failed: {error}", code=1)
+    except (RunLocked, DamagedFile, DiskFull) as error:
+        refuse(str(error), code=1)
+    except Interrupted as error:
+        log.warning("%s; rerun the same command to resume", error)
+        sys.exit(128 + error.signum)
+
+
+def default_threads(n_jobs: int | None) -> int:
+    """Torch threads for one job when the config says 0: the CPUs SLURM gave the job, or
+    cores / n_jobs under a local parallel launcher (processes beat threads on this small
+    model), else torch's default."""
+    if "SLURM_CPUS_PER_TASK" in os.environ:  # SLURM need not pin the job to its CPUs
+        return int(os.environ["SLURM_CPUS_PER_TASK"])
+    if n_jobs is None:
+        return 0
+    cores = len(os.sched_getaffinity(0))
+    return max(1, cores // (cores if n_jobs < 0 else n_jobs))
+
+
+def hydra_files(task_cfg: DictConfig, hydra_cfg: DictConfig) -> dict[str, str]:
+    """A job's .hydra/ files as Hydra writes them, from its config without and with only `hydra`
+    (Hydra's own writing is off: they are written under the run folder's lock, runs/record.py)."""
+    return {
+        ".hydra/config.yaml": OmegaConf.to_yaml(task_cfg),
+        ".hydra/hydra.yaml": OmegaConf.to_yaml(hydra_cfg),
+        ".hydra/overrides.yaml": OmegaConf.to_yaml(hydra_cfg.hydra.overrides.task),
+    }
 
 
 # How often a job in a worker process looks whether the sweep's driver is still there.
@@ -201,14 +266,3 @@ def _first_value(override) -> str:
     if not override.is_sweep_override():
         return override.input_line
     return f"{override.get_key_element()}={next(override.sweep_string_iterator())}"
-
-
-def hydra_files(cfg: DictConfig) -> dict[str, str]:
-    """The job's .hydra/ files, as Hydra writes them (the config files turn Hydra's own writing
-    off, so that they are written only under the run folder's lock: runs/record.py)."""
-    hydra_cfg = HydraConfig.instance().cfg
-    return {
-        ".hydra/config.yaml": OmegaConf.to_yaml(cfg),
-        ".hydra/hydra.yaml": OmegaConf.to_yaml(hydra_cfg),
-        ".hydra/overrides.yaml": OmegaConf.to_yaml(hydra_cfg.hydra.overrides.task),
-    }

@@ -114,7 +114,7 @@ def train_pack(
     device = resolve_device(cfgs[0].device)
     files = files or [{} for _ in members]
     records = [
-        family.record(cfg, run_dir, device, member_files)
+        family.record(cfg, run_dir, device, member_files, family=family.name)
         for (cfg, run_dir), member_files in zip(members, files, strict=True)
     ]
     with ExitStack() as cleanup:

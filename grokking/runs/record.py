@@ -97,8 +97,10 @@ class RunRecord:
         run_dir: str | Path,
         device: torch.device,
         files: dict[str, str] | None = None,
+        family: str | None = None,
     ):
         self.cfg = cfg
+        self.family = family  # Family.name, given by the loop: summary.json's "family"
         self.files = files or {}  # {path in the run folder: text}, e.g. Hydra's .hydra/ files
         self.run_dir = RunDir(run_dir)
         self.label = self.run_dir.path.name  # names the run on a console shared with others
@@ -324,7 +326,7 @@ class RunRecord:
 
     def write_summary(self, status: str, **extra) -> dict:
         self.summary = (
-            {"status": status}
+            {"status": status, "family": self.family}
             | self.summary_fields()
             | {
                 "seed": self.cfg.seed,

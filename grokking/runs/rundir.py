@@ -3,17 +3,16 @@ through it: the format lives here and nowhere else.
 
     <run>/
       summary.json            status, family, seed, the family's settings and results, config,
-                              version (grokking: task, p, events; lm: data provenance, epochs)
-      metrics.parquet         one tidy row per evaluation (grokking) or per step (lm), under
-                              the family record's METRIC_COLUMNS
+                              version (the family record's summary_fields)
+      metrics.parquet         one tidy row per evaluation or per unit, under the family
+                              record's METRIC_COLUMNS
       matrix_lar.parquet      one row per evaluation × probed matrix (its MATRIX_COLUMNS)
       checkpoint_measures.parquet   the analysis' cache: PC95, LAR, p, q per checkpoint
       baseline_measures.parquet     the analysis' cache: WeightWatcher's α and RankMe per
                               checkpoints/epoch_N.pt (analysis/baselines.py)
       checkpoints/
-        memorization.pt       {"model": state_dict, "epoch": int}
-        grokking.pt           same, when the run grokked
-        final.pt              same, at the last epoch trained
+        NAME.pt               {"model": state_dict, <unit>: int, "step": int}: final.pt at the
+                              last unit trained, and those the family's record keeps
         last.pt               everything needed to resume (see runs/loop.py)
       .lock                   held (flock) by the one process that trains the run
 
@@ -59,7 +58,6 @@ METRICS = "metrics.parquet"
 MATRIX_LAR = "matrix_lar.parquet"
 MEASURES = "checkpoint_measures.parquet"  # the analysis' cache (analysis/measure.py)
 BASELINES = "baseline_measures.parquet"  # the analysis' cache (analysis/baselines.py)
-CHECKPOINT_KINDS = ("memorization", "grokking", "final")
 LOCK = ".lock"
 LOG = "train.log"
 TEMPORARY = ".*.tmp"  # what atomic_write leaves behind when it is killed mid-write
@@ -365,8 +363,9 @@ class RunDir:
         return self._read_table(MATRIX_LAR, ["step", "name", "lar"], needs=needs)
 
     def read_cache(self, name: str, key: str) -> pd.DataFrame | None:
-        """An analysis cache (MEASURES keyed by "kind", BASELINES by "epoch"), None when absent;
-        DamagedFile when it cannot be read back."""
+        """The table `name` that another part keeps in the run folder and can remake (a cache,
+        named by its owner), holding the column `key`; None when absent, DamagedFile when it
+        cannot be read back."""
         if not os.path.lexists(self.path / name):
             return None
         return self._read_table(name, [key], todo="delete it; the analysis remakes it")

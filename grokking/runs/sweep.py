@@ -1,16 +1,15 @@
 """Hydra callbacks for sweeps: every job's config is checked before anything is written or
 submitted, and the driver prints how many of the sweep's runs are done, running and failed.
 
-Both are switched on in each family's conf file (`hydra.callbacks`, with `family:` naming it), so
-they work with every launcher: basic (one run after another), joblib (local processes) and
-submitit (SLURM).
+Both are switched on in conf/shared/runs/machinery.yaml (`hydra.callbacks`; the command names
+its family to the check: `command.FAMILY_KEY`), so they work with every launcher: basic (one run
+after another), joblib (local processes), submitit (SLURM) and packed.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
-import sys
 import threading
 from collections import Counter
 from contextlib import ExitStack
@@ -22,6 +21,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from grokking.runs.command import refuse, refuse_packs
 from grokking.runs.config import ConfigError, RunConfig, check_device_here, from_hydra
 from grokking.runs.family import Family, load_family
 from grokking.runs.hydra_errors import COMPOSITION_ERRORS, explain
@@ -38,11 +38,6 @@ from grokking.runs.rundir import (
 )
 
 MULTIRUN_RECORD = "multirun.yaml"  # what Hydra writes into a sweep folder
-
-
-def refuse(message: str, code: int = 2):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(code)
 
 
 def sweep_jobs(config: DictConfig) -> list[list[str]]:
@@ -83,19 +78,6 @@ def runs_elsewhere(config: DictConfig) -> bool:
     return target.endswith("SlurmLauncher") or launcher.get("slurm") is not None
 
 
-def default_threads(hydra_cfg: DictConfig) -> int:
-    """Torch threads for one job when the config says 0: the CPUs SLURM gave the job, or
-    cores / n_jobs under a local parallel launcher (processes beat threads on this small
-    model), else torch's default."""
-    if "SLURM_CPUS_PER_TASK" in os.environ:  # SLURM need not pin the job to its CPUs
-        return int(os.environ["SLURM_CPUS_PER_TASK"])
-    n_jobs = OmegaConf.select(hydra_cfg, "launcher.n_jobs")
-    if n_jobs is None:
-        return 0
-    cores = len(os.sched_getaffinity(0))
-    return max(1, cores // (cores if n_jobs < 0 else n_jobs))
-
-
 class CheckBeforeLaunch(Callback):
     """Refuse a bad config, a folder holding another run, a folder another process holds or a
     damaged one, before Hydra writes or submits anything. A sweep holds its sweep folder (its
@@ -103,7 +85,7 @@ class CheckBeforeLaunch(Callback):
     before Hydra rewrites multirun.yaml. Exits itself: Hydra turns a callback's exception into a
     mere warning."""
 
-    def __init__(self, family: str = "algorithmic"):
+    def __init__(self, family: str):
         self.family_name = family
         self.family: Family = load_family(family)
         self._held = ExitStack()  # the sweep folder's lock, while the sweep runs
@@ -132,6 +114,7 @@ class CheckBeforeLaunch(Callback):
             refuse(str(error), code=1)
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        refuse_packs(self.family, config)
         jobs = sweep_jobs(config)
         first_job_of: dict[Path, int] = {}  # run folder -> the first job writing it
         for number, overrides in enumerate(jobs):

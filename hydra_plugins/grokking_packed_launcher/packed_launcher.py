@@ -4,7 +4,7 @@ and its options, typed (`PackedLauncherConf`, stored in Hydra's ConfigStore as
 bad option (`hydra.launcher.max_pack_size=many`) is refused when the config is composed.
 
 Hydra only loads launchers from the `hydra_plugins` namespace; the work is in
-`grokking.algorithmic.packed_launch`, imported when a sweep is launched (Hydra imports this module
+`grokking.runs.packs`, imported when a sweep is launched (Hydra imports this module
 in every run of any app that scans plugins, so it stays light). No `from __future__ import
 annotations` here: Hydra imports plugins without registering them in sys.modules, where
 dataclasses look string annotations up."""
@@ -44,6 +44,6 @@ class PackedLauncher(Launcher):
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:
-        from grokking.algorithmic.packed_launch import launch
+        from grokking.runs.packs import launch
 
         return launch(self, job_overrides, initial_job_idx)
