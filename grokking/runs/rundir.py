@@ -7,9 +7,8 @@ through it: the format lives here and nowhere else.
       metrics.parquet         one tidy row per evaluation (grokking) or per step (lm), under
                               the family record's METRIC_COLUMNS
       matrix_lar.parquet      one row per evaluation × probed matrix (its MATRIX_COLUMNS)
-      checkpoint_measures.parquet   the analysis' cache: PC95, LAR, p, q per checkpoint
-      baseline_measures.parquet     the analysis' cache: WeightWatcher's α and RankMe per
-                              checkpoints/epoch_N.pt (analysis/baselines.py)
+      NAME.parquet            an analysis' cache (read_cache, write_cache); each analysis
+                              names its own
       checkpoints/
         memorization.pt       {"model": state_dict, "epoch": int}
         grokking.pt           same, when the run grokked
@@ -57,8 +56,6 @@ from pandas.api.types import is_bool_dtype, is_numeric_dtype, is_string_dtype
 SUMMARY = "summary.json"
 METRICS = "metrics.parquet"
 MATRIX_LAR = "matrix_lar.parquet"
-MEASURES = "checkpoint_measures.parquet"  # the analysis' cache (analysis/measure.py)
-BASELINES = "baseline_measures.parquet"  # the analysis' cache (analysis/baselines.py)
 CHECKPOINT_KINDS = ("memorization", "grokking", "final")
 LOCK = ".lock"
 LOG = "train.log"
@@ -365,8 +362,8 @@ class RunDir:
         return self._read_table(MATRIX_LAR, ["step", "name", "lar"], needs=needs)
 
     def read_cache(self, name: str, key: str) -> pd.DataFrame | None:
-        """An analysis cache (MEASURES keyed by "kind", BASELINES by "epoch"), None when absent;
-        DamagedFile when it cannot be read back."""
+        """An analysis cache `name` (a table with a `key` column; each analysis names its own),
+        None when absent; DamagedFile when it cannot be read back."""
         if not os.path.lexists(self.path / name):
             return None
         return self._read_table(name, [key], todo="delete it; the analysis remakes it")

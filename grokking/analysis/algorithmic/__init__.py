@@ -1,14 +1,13 @@
-"""From run directories to Table 1 and the paper's figures.
+"""The grokking family's analysis, from run directories to Table 1 and the paper's figures:
+collect (what it reads of a run), conditions (which runs may be averaged), measure (PC95, LAR,
+k_LAR, p and q at each checkpoint), baselines (WeightWatcher's α and RankMe), tables, figures,
+alarms (scored against the grokking epoch), report (all of it written out)."""
 
-collect    — every run's summary, metrics and per-matrix LAR as tidy DataFrames
-conditions — which runs may be averaged (they differ only in seeds) and how they are named
-measure    — PC95, LAR, k_LAR and the spectra p, q at each checkpoint (cached per run)
-tables     — Table 1 (RMSE of k_LAR against PC95) and the per-task table
-figures    — Figures 1, 2, 3, 9, the grokking curves, the Appendix D.1 ranks, per-matrix LAR
-"""
+from grokking.analysis.algorithmic.collect import READER, collect
+from grokking.analysis.algorithmic.measure import measure_all, measure_run, pc95
+from grokking.analysis.algorithmic.report import NOUN, prepare
+from grokking.analysis.algorithmic.tables import per_task_table, table1
+from grokking.analysis.collect import Results
 
-from grokking.analysis.collect import Results, collect
-from grokking.analysis.measure import measure_all, measure_run, pc95
-from grokking.analysis.tables import per_task_table, table1
-
-__all__ = ["Results", "collect", "measure_all", "measure_run", "pc95", "per_task_table", "table1"]
+__all__ = ["NOUN", "READER", "Results", "collect", "measure_all", "measure_run", "pc95"]
+__all__ += ["per_task_table", "prepare", "table1"]

@@ -1,9 +1,7 @@
-"""The paper's figures from collected results (seaborn). Each function returns a matplotlib
-Figure, or None when the results hold nothing to plot; `save` writes it as PNG and PDF."""
+"""The paper's figures from collected grokking results (seaborn). Each function returns a
+matplotlib Figure, or None when the results hold nothing to plot; `save` writes it."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -12,32 +10,13 @@ import seaborn as sns
 from matplotlib.lines import Line2D
 from matplotlib.ticker import LogFormatter, NullFormatter
 
-from grokking.analysis.conditions import seeds_label
-from grokking.analysis.tables import group_title
+from grokking.analysis.algorithmic.conditions import seeds_label
+from grokking.analysis.algorithmic.tables import group_title
+from grokking.analysis.figures import grid, save  # noqa: F401 (the report saves through it)
 
 KIND_ORDER = ["memorization", "grokking", "final"]
 ROLE_ORDER = ["q", "k", "v", "o", "fc_in", "fc_out", "unembed"]
 SEED_BAND = ("pi", 100)  # shade the full range across seeds
-
-
-def save(fig, out_dir: Path, name: str) -> list[Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / f"{name}.{suffix}" for suffix in ("png", "pdf")]
-    for path in paths:
-        fig.savefig(path, dpi=130, bbox_inches="tight")
-    plt.close(fig)
-    return paths
-
-
-def grid(n_panels: int, ncols: int = 4, size=(3.6, 2.8), **kwargs):
-    ncols = min(ncols, n_panels)
-    nrows = -(-n_panels // ncols)
-    fig, axes = plt.subplots(
-        nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows), squeeze=False, **kwargs
-    )
-    for ax in axes.flat[n_panels:]:
-        ax.remove()
-    return fig, axes.flat
 
 
 def _x_limit(runs: pd.DataFrame, factor: float = 3.0) -> float:
@@ -310,7 +289,10 @@ def _condition_palette(runs: pd.DataFrame) -> dict:
 EVENT_STYLES = ("--", ":")  # memorization, grokking, in the condition's own colour
 
 
-def _events_by_condition(ax, runs: pd.DataFrame, palette: dict) -> None:
+def _by_condition(ax, data, column: str, runs: pd.DataFrame, palette: dict, errorbar) -> None:
+    """`column` against epoch, a line per condition in its colour, with its own events."""
+    sns.lineplot(data=data, x="epoch", y=column, hue="condition", palette=palette, ax=ax,
+                 errorbar=errorbar, legend=False)  # fmt: skip
     for condition, color in palette.items():
         events = runs[runs["condition"] == condition]
         _event_lines(ax, events, (color, color), EVENT_STYLES)
@@ -333,17 +315,7 @@ def figure_ranks(runs: pd.DataFrame, metrics: pd.DataFrame, group: str):
     palette = _condition_palette(in_group)
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
     for ax, column in zip(axes, ["lar", "stable_rank", "effective_rank"], strict=True):
-        sns.lineplot(
-            data=data,
-            x="epoch",
-            y=column,
-            hue="condition",
-            palette=palette,
-            ax=ax,
-            errorbar=SEED_BAND,
-            legend=False,
-        )
-        _events_by_condition(ax, in_group, palette)
+        _by_condition(ax, data, column, in_group, palette, SEED_BAND)
     fig.suptitle(f"LAR, stable rank and effective rank — {group_title(group)}")
     fig.tight_layout()
     _condition_legend(fig, in_group, palette)
@@ -369,17 +341,7 @@ def figure_matrices(runs: pd.DataFrame, matrix_lar: pd.DataFrame, group: str):
     fig, axes = grid(len(panels), ncols=6 if len(panels) > 8 else 4, size=(3.0, 2.5), sharey=True)
     palette = _condition_palette(in_group)
     for ax, panel in zip(axes, panels, strict=False):
-        sns.lineplot(
-            data=data[data["panel"] == panel],
-            x="epoch",
-            y="lar",
-            hue="condition",
-            palette=palette,
-            ax=ax,
-            errorbar=None,
-            legend=False,
-        )
-        _events_by_condition(ax, in_group, palette)
+        _by_condition(ax, data[data["panel"] == panel], "lar", in_group, palette, None)
         ax.axhline(0.5, color="gray", linewidth=0.5)
         ax.set_title(panel, fontsize=9)
     fig.suptitle(f"LAR of every dense matrix — {group_title(group)}")

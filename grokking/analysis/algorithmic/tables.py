@@ -1,14 +1,12 @@
-"""Table 1 (RMSE of k_LAR against PC95) and the per-task table, as DataFrames and files."""
+"""Table 1 (RMSE of k_LAR against PC95) and the per-task table, as DataFrames."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from sklearn.metrics import mean_squared_error
 
-from grokking.analysis.conditions import CONFIG_PREFIX, PANEL_KEYS, setting_keys
+from grokking.analysis.algorithmic.conditions import CONFIG_PREFIX, PANEL_KEYS, setting_keys
 from grokking.runs.rundir import CHECKPOINT_KINDS
 
 # Table 1's columns: which checkpoint, and which runs.
@@ -107,12 +105,3 @@ def per_task_display(table: pd.DataFrame) -> pd.DataFrame:
             for m, s in zip(mean, sd, strict=True)  # one run has no sd: its value alone
         ]
     return shown
-
-
-def write_table(frame: pd.DataFrame, out_dir: Path, name: str, *, tidy: pd.DataFrame | None = None):
-    """`name`.md and `name`.tex from `frame`, `name`.csv from `tidy` (default: `frame`)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    index = not isinstance(frame.index, pd.RangeIndex)  # a row-number index means nothing
-    (out_dir / f"{name}.md").write_text(frame.to_markdown(index=index) + "\n")
-    (out_dir / f"{name}.tex").write_text(frame.to_latex(index=index))
-    (tidy if tidy is not None else frame).to_csv(out_dir / f"{name}.csv", index=False)
