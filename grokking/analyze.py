@@ -2,7 +2,7 @@
 figures from every grokking run under the given directories, and the §5 analysis (the overfitting
 step, Figures 4–8, Table 2) of every language-model run there; a folder holding both analyses each.
 For either family, the validation-free alarms and their baselines are scored against the truth
-from validation (grokking.analysis.alarms).
+from validation (grokking.analysis.<family>.alarms).
 
 Writes into `--out` (default: `<first DIR>-analysis`, beside it) and prints where:
   grokking runs: runs.parquet, metrics.parquet, matrix_lar.parquet, checkpoint_measures.parquet,
