@@ -6,14 +6,13 @@ matplotlib Figure, or None when there is nothing to plot."""
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 import seaborn as sns
 
 from grokking.analysis.collect import Results
 from grokking.analysis.figures import grid
 from grokking.analysis.lm import overfitting
-from grokking.analysis.lm.tables import differential_of
+from grokking.analysis.lm.tables import differentials, pearson_r
 
 
 def _per_optimizer(results: Results):
@@ -56,11 +55,7 @@ def figure4(results: Results):
 def figure5(results: Results):
     """Per run but the baselines: the LAR differential (baseline − run) beside the
     generalization gap (validation − smoothed training loss), with their correlation."""
-    panels = []
-    for _, run in results.runs[~results.runs["baseline"]].iterrows():
-        frame = differential_of(results, run)
-        if frame is not None and len(frame):
-            panels.append((run, frame))
+    panels = list(differentials(results))
     if not panels:
         return None
     fig, axes = grid(len(panels), ncols=4)
@@ -70,8 +65,7 @@ def figure5(results: Results):
         twin = ax.twinx()
         twin.plot(frame["step"], frame["generalization_gap"], color="tab:red")
         twin.set_ylabel("generalization gap", color="tab:red")
-        r = np.corrcoef(frame["lar_differential"], frame["generalization_gap"])[0, 1]
-        ax.set_title(f"{run['group']}: {run['label']} (r = {r:.2f})", fontsize=9)
+        ax.set_title(f"{run['group']}: {run['label']} (r = {pearson_r(frame):.2f})", fontsize=9)
         ax.set_xlabel("step")
     fig.tight_layout()
     return fig

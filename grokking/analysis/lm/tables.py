@@ -13,15 +13,24 @@ from grokking.analysis.lm import overfitting
 
 def correlations(results: Results) -> pd.DataFrame:
     """Per run but its baseline: the Pearson correlation of the LAR differential with the
-    generalization gap over its evaluations."""
+    generalization gap over its evaluations (3 at least)."""
     rows = []
+    for run, frame in differentials(results):
+        if len(frame) >= 3:
+            rows.append({"run": run["run"], "label": run["label"], "pearson_r": pearson_r(frame)})
+    return pd.DataFrame(rows, columns=["run", "label", "pearson_r"])
+
+
+def pearson_r(frame: pd.DataFrame) -> float:
+    return np.corrcoef(frame["lar_differential"], frame["generalization_gap"])[0, 1]
+
+
+def differentials(results: Results):
+    """(run, its `differential_of`) for each run but the baselines that has one."""
     for _, run in results.runs[~results.runs["baseline"]].iterrows():
         frame = differential_of(results, run)
-        if frame is None or len(frame) < 3:
-            continue
-        r = np.corrcoef(frame["lar_differential"], frame["generalization_gap"])[0, 1]
-        rows.append({"run": run["run"], "label": run["label"], "pearson_r": r})
-    return pd.DataFrame(rows, columns=["run", "label", "pearson_r"])
+        if frame is not None and len(frame):
+            yield run, frame
 
 
 def differential_of(results: Results, run: pd.Series) -> pd.DataFrame | None:
