@@ -87,17 +87,17 @@ def analyze(dirs: list[Path], out: Path, pca_threshold: float = 0.95, figure2_ru
 def _unread(found: list[Found]) -> list[tuple[str, str]]:
     """(run, why) of each run no family's analysis reads: its summary cannot be read, or names a
     family this command does not analyse; each told in a warning."""
+    families = ", ".join(analysis.READER.family.name for analysis in ANALYSES)
     unread = []
     for run in found:
         if run.summary is None:
             unread.append((run.name, run.why))
         elif not any(analysis.READER.reads(run.summary) for analysis in ANALYSES):
-            families = ", ".join(analysis.READER.family.name for analysis in ANALYSES)
-            run.why = (
+            why = (
                 f"{run.run_dir.path / SUMMARY} names the family {run.summary.get('family')!r}, "
                 f"which this command does not analyse (it analyses {families})"
             )
-            unread.append((str(run.run_dir.path), run.why))
+            unread.append((str(run.run_dir.path), why))
         else:
             continue
         log.warning("skipping %s: %s", *unread[-1])
