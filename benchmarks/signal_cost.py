@@ -15,7 +15,7 @@ import io
 
 import torch
 
-from grokking.analysis.baselines import costs
+from grokking.analysis.algorithmic.baselines import costs
 from grokking.runs.rundir import RunDir
 
 

@@ -30,7 +30,7 @@ RESULTS = os.environ.get("GROKKING_RESULTS", "../outputs/sweeps/smoke")
 import matplotlib.pyplot as plt
 from IPython.display import display
 
-from grokking.analysis import collect, figures, measure_all
+from grokking.analysis.algorithmic import collect, figures, measure_all
 
 results = collect(RESULTS)
 measures = measure_all(results)

@@ -31,9 +31,9 @@ RESULTS = os.environ.get("GROKKING_RESULTS", "../outputs/lm/sweeps/lm_overfittin
 import matplotlib.pyplot as plt
 from IPython.display import display
 
-from grokking.analysis import language_models as lm
+from grokking.analysis.lm import collect, figures, tables
 
-results = lm.collect(RESULTS)
+results = collect(RESULTS)
 
 
 def show(fig):
@@ -49,38 +49,38 @@ def show(fig):
 # ## Per run: overfitting step, minimum validation loss, LAR's peak (baseline: the largest set)
 
 # %%
-display(lm.runs_table(results))
+display(tables.runs_table(results))
 
 # %% [markdown]
 # ## Figure 4: training loss, validation loss and LAR (dashed: each run's overfitting step)
 
 # %%
-show(lm.figure4(results))
+show(figures.figure4(results))
 
 # %% [markdown]
 # ## Figure 5: the LAR differential beside the generalization gap, and their correlation
 
 # %%
-show(lm.figure5(results))
-display(lm.correlations(results))
+show(figures.figure5(results))
+display(tables.correlations(results))
 
 # %% [markdown]
 # ## Table 2: LAR's decline per step (× 10³) from its peak (*: the window of the overfitting step)
 
 # %%
-wide, tidy = lm.table2(results)
+wide, tidy = tables.table2(results)
 display(wide)
 
 # %% [markdown]
 # ## Figures 6–8: the top singular direction's share of p (weights), of q (activations), p₁q₁
 
 # %%
-show(lm.figure_shares(results, "p1", "p₁ (weights)"))
-show(lm.figure_shares(results, "q1", "q₁ (activations)"))
-show(lm.figure_shares(results, "p1q1", "p₁q₁"))
+show(figures.figure_shares(results, "p1", "p₁ (weights)"))
+show(figures.figure_shares(results, "q1", "q₁ (activations)"))
+show(figures.figure_shares(results, "p1q1", "p₁q₁"))
 
 # %% [markdown]
 # ## The unembedding's effective rank beside its LAR (App. D.1)
 
 # %%
-show(lm.figure_ranks(results))
+show(figures.figure_ranks(results))

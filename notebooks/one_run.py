@@ -31,7 +31,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import display
 
-from grokking.analysis import collect, figures, measure_run
+from grokking.analysis.algorithmic import collect, figures, measure_run
 from grokking.runs.rundir import COMPLETED, RunDir, find_runs
 
 if RUN is None:

@@ -29,8 +29,8 @@ RESULTS = os.environ.get("GROKKING_RESULTS", "../outputs/sweeps/smoke")
 PCA_THRESHOLD = 0.95
 
 # %%
-from grokking.analysis import collect, measure_all, per_task_table, table1
-from grokking.analysis.tables import per_task_display, table1_wide
+from grokking.analysis.algorithmic import collect, measure_all, per_task_table, table1
+from grokking.analysis.algorithmic.tables import per_task_display, table1_wide
 
 results = collect(RESULTS)
 print(f"{len(results.runs)} completed runs; left out: {results.left_out() or 'none'}")

@@ -5,12 +5,12 @@
 
 Tuning runs: the grokking runs of seed 0 (--tune-seed) and the language-model runs of one
 optimizer in the sweep `lm_overfitting` (--tune-optimizer adam); every other run is held out.
-For every detector of grokking.analysis.alarms and each setting of its grid, the tuning runs are
-scored (grokking: runs on time − false alarms − runs early or late; language models: runs at or
-before the overfitting step − false alarms − runs early or late; ties go to the smaller mean
-distance from the truth); the best setting is printed with its scores on the tuning and
+For every detector of grokking.analysis.<family>.alarms and each setting of its grid, the tuning
+runs are scored (grokking: runs on time − false alarms − runs early or late; language models:
+runs at or before the overfitting step − false alarms − runs early or late; ties go to the
+smaller mean distance from the truth); the best setting is printed with its scores on the tuning and
 held-out runs. The settings chosen here are the defaults in grokking/lar/alarm.py and
-grokking/analysis/alarms.py.
+grokking/analysis/<family>/alarms.py.
 """
 
 from __future__ import annotations
@@ -20,8 +20,10 @@ import itertools
 
 import pandas as pd
 
-from grokking.analysis import alarms, baselines, language_models
-from grokking.analysis.collect import collect
+from grokking.analysis import alarms, lm
+from grokking.analysis.algorithmic import baselines, collect
+from grokking.analysis.algorithmic.alarms import GROKKING_DETECTORS, score_grokking
+from grokking.analysis.lm.alarms import LM_DETECTORS, score_lm
 from grokking.lar.alarm import (
     AcceleratingDeclineAlarm,
     GeneralizationAlarm,
@@ -90,7 +92,7 @@ def report(family: str, grid, score, tuning: set[str]) -> None:
 
 
 def report_defaults(family: str, scores: pd.DataFrame, tuning: set[str]) -> None:
-    """The defaults' outcomes (grokking.analysis.alarms' detectors), tuning and held-out runs
+    """The defaults' outcomes (the families' detectors), tuning and held-out runs
     apart: the tables of docs/results.md, "The alarm"."""
     for runs, picked in (("tuning", True), ("held-out", False)):
         part = scores[scores["run"].isin(tuning) == picked]
@@ -113,23 +115,23 @@ def main() -> None:
         at_checkpoints = baselines.measure_all(results)
         tuning = set(results.runs.loc[results.runs["seed"] == args.tune_seed, "run"])
 
-        def score(detectors=alarms.GROKKING_DETECTORS):
-            return alarms.score_grokking(results.runs, results.metrics, at_checkpoints, detectors)
+        def score(detectors=GROKKING_DETECTORS):
+            return score_grokking(results.runs, results.metrics, at_checkpoints, detectors)
 
         report("grokking", grokking_grid(), score, tuning)
         report_defaults("grokking", score(), tuning)
     if args.lm:
-        lm = language_models.collect(*args.lm)
-        picked = (lm.runs["optimizer"] == args.tune_optimizer) & (
-            lm.runs["group"] == "lm_overfitting"
+        runs = lm.collect(*args.lm)
+        picked = (runs.runs["optimizer"] == args.tune_optimizer) & (
+            runs.runs["group"] == "lm_overfitting"
         )
-        tuning = set(lm.runs.loc[picked, "run"])
+        tuning = set(runs.runs.loc[picked, "run"])
 
-        def score_lm(detectors=alarms.LM_DETECTORS):
-            return alarms.score_lm(lm.runs, lm.metrics, detectors)
+        def score_runs(detectors=LM_DETECTORS):
+            return score_lm(runs.runs, runs.metrics, detectors)
 
-        report("language models", lm_grid(), score_lm, tuning)
-        report_defaults("language models", score_lm(), tuning)
+        report("language models", lm_grid(), score_runs, tuning)
+        report_defaults("language models", score_runs(), tuning)
 
 
 if __name__ == "__main__":

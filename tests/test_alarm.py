@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from grokking.analysis import alarms
+from grokking.analysis.algorithmic import alarms
 from grokking.lar.alarm import (
     AcceleratingDeclineAlarm,
     GeneralizationAlarm,

@@ -10,11 +10,13 @@ import pytest
 import torch
 from conftest import REPO, completed_summaries, run_cli
 
-from grokking.analysis import baselines, collect, measure_run, pc95, table1
-from grokking.analysis.baselines import costs, rankme
-from grokking.analysis.tables import table1_wide, write_table
+from grokking.analysis.algorithmic import baselines, collect, measure_run, pc95, table1
+from grokking.analysis.algorithmic.baselines import BASELINES, costs, rankme
+from grokking.analysis.algorithmic.measure import MEASURES
+from grokking.analysis.algorithmic.tables import table1_wide
+from grokking.analysis.tables import write_table
 from grokking.lar import GeneralizationAlarm, first_firing
-from grokking.runs.rundir import BASELINES, MEASURES, RunDir
+from grokking.runs.rundir import RunDir
 
 
 def activations_with_variances(variances, n=128, rows=400, seed=0):

@@ -13,9 +13,10 @@ import pytest
 import torch
 from conftest import TINY_OVERRIDES, run_cli, tiny_lm
 
-from grokking.analysis import collect, figures, measure_all
+from grokking.analysis.algorithmic import collect, figures, measure_all
+from grokking.analysis.algorithmic.measure import MEASURES
 from grokking.analyze import analyze, main
-from grokking.runs.rundir import MATRIX_LAR, MEASURES, METRICS, RunDir
+from grokking.runs.rundir import MATRIX_LAR, METRICS, RunDir
 
 ADD0, SUB0, ADD1, SUB1 = "seed=0,task=add", "seed=0,task=sub", "seed=1,task=add", "seed=1,task=sub"
 
@@ -92,7 +93,7 @@ def test_runs_that_differ_beyond_their_seeds_are_not_pooled(smoke_copy, tmp_path
 
 
 def test_only_values_that_change_what_a_run_computes_are_conditions():
-    from grokking.analysis.conditions import condition_columns
+    from grokking.analysis.algorithmic.conditions import condition_columns
 
     config = {
         "task": {"name": "add", "p": 97},

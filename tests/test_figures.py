@@ -12,7 +12,7 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 from matplotlib.transforms import Bbox  # noqa: E402
 
-from grokking.analysis import collect, figures  # noqa: E402
+from grokking.analysis.algorithmic import collect, figures  # noqa: E402
 from grokking.runs.rundir import RunDir, find_runs  # noqa: E402
 
 EVENT_LABELS = {"memorization (mean epoch)", "grokking (mean epoch)"}

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from conftest import REPO, run_cli, tiny_lm
 
-from grokking.analysis.overfitting import (
+from grokking.analysis.lm.overfitting import (
     decline_rates,
     differential,
     overfitting_index,

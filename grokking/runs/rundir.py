@@ -7,9 +7,8 @@ through it: the format lives here and nowhere else.
       metrics.parquet         one tidy row per evaluation or per unit, under the family
                               record's METRIC_COLUMNS
       matrix_lar.parquet      one row per evaluation × probed matrix (its MATRIX_COLUMNS)
-      checkpoint_measures.parquet   the analysis' cache: PC95, LAR, p, q per checkpoint
-      baseline_measures.parquet     the analysis' cache: WeightWatcher's α and RankMe per
-                              checkpoints/epoch_N.pt (analysis/baselines.py)
+      NAME.parquet            an analysis' cache (read_cache, write_cache); each analysis
+                              names its own
       checkpoints/
         NAME.pt               {"model": state_dict, <unit>: int, "step": int}: final.pt at the
                               last unit trained, and those the family's record keeps
@@ -56,8 +55,6 @@ from pandas.api.types import is_bool_dtype, is_numeric_dtype, is_string_dtype
 SUMMARY = "summary.json"
 METRICS = "metrics.parquet"
 MATRIX_LAR = "matrix_lar.parquet"
-MEASURES = "checkpoint_measures.parquet"  # the analysis' cache (analysis/measure.py)
-BASELINES = "baseline_measures.parquet"  # the analysis' cache (analysis/baselines.py)
 LOCK = ".lock"
 LOG = "train.log"
 TEMPORARY = ".*.tmp"  # what atomic_write leaves behind when it is killed mid-write

@@ -19,9 +19,11 @@ from grokking.algorithmic.build import build, load_model, run_config
 from grokking.algorithmic.record import CHECKPOINT_KINDS
 from grokking.analysis.collect import Results, reason
 from grokking.lar import LARProbe, k_lar, summary_from_spectra
-from grokking.runs.rundir import MEASURES, RunDir
+from grokking.runs.rundir import RunDir
 
 log = logging.getLogger("grokking.analysis")
+
+MEASURES = "checkpoint_measures.parquet"  # this analysis' cache in each run folder
 
 
 def pc95(activations: np.ndarray | torch.Tensor, threshold: float = 0.95) -> int:

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from grokking.algorithmic.config import TrainConfig
-
-# Change how fast a run goes, not what it computes.
-RUNTIME_FIELDS = TrainConfig.RUNTIME_FIELDS
+from grokking import algorithmic
+from grokking.analysis.collect import flatten
+from grokking.runs.config import is_runtime_field
 
 CONFIG_PREFIX = "config."  # runs-table columns holding the condition's other config values
 POOLED_FIELDS = ("seed", "split_seed")  # the only values runs may differ in and be averaged
@@ -23,18 +22,13 @@ GROUP_FIELD = "sweep_name"
 PANEL_KEYS = ["task", "p", "train_fraction"]
 
 
-def flatten(tree: dict) -> dict:
-    """{"optim": {"lr": 1e-3}} -> {"optim.lr": 1e-3}."""
-    return pd.json_normalize(tree, sep=".").iloc[0].to_dict()
-
-
 def condition_columns(config: dict) -> dict:
     """The run's config values that may split runs, as `config.<key>` columns (lists and other
     unhashable values as text, so that they can be compared and grouped)."""
     columns = {}
     for key, value in flatten(config).items():
         if (
-            key.split(".")[0] in RUNTIME_FIELDS
+            is_runtime_field(key, algorithmic.FAMILY.schema.RUNTIME_FIELDS)  # how fast, not what
             or key in POOLED_FIELDS
             or key in OWN_COLUMNS
             or key == GROUP_FIELD

@@ -4,7 +4,7 @@ unembedding and its mean over every dense layer (its own rule: α < 2 reads "ove
 RankMe (Garrido et al.) of the unembedding's inputs over the training set. The weights' effective
 rank (Roy and Vetterli) and stable rank need no checkpoint: every evaluation records them.
 
-Results are cached in the run folder (baseline_measures.parquet), like analysis/measure.py's.
+Results are cached in the run folder (baseline_measures.parquet), like measure.py's.
 WeightWatcher is the slowest signal by far (benchmarks/signal_cost.py), so the mean over the
 dense layers is measured at every `DENSE_EVERY`-th checkpoint only. Without weightwatcher (the
 `baselines` extra) its columns are NaN and the alarms are scored without it.
@@ -25,12 +25,14 @@ import torch
 from torch import nn
 
 from grokking.algorithmic.build import build, load_model, run_config
+from grokking.analysis.algorithmic.measure import keep_cache, measure_each_run, read_cache
 from grokking.analysis.collect import Results
-from grokking.analysis.measure import keep_cache, measure_each_run, read_cache
 from grokking.lar import LARProbe
-from grokking.runs.rundir import BASELINES, RunDir
+from grokking.runs.rundir import RunDir
 
 log = logging.getLogger("grokking.analysis")
+
+BASELINES = "baseline_measures.parquet"  # this analysis' cache in each run folder
 
 DENSE_EVERY = 2  # the mean α over the dense layers at every 2nd periodic checkpoint
 COLUMNS = ["epoch", "ww_alpha", "ww_alpha_mean", "rankme"]
