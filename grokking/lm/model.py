@@ -6,11 +6,14 @@ input and output embeddings."""
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 import torch
-from transformers import Gemma2Config, Gemma2ForCausalLM
 
 from grokking.lm.config import ModelConfig
+
+if TYPE_CHECKING:
+    from transformers import Gemma2ForCausalLM
 
 UNEMBED = "lm_head"  # the unembedding: its input is the post-norm hidden state
 _LAYER_MATRIX = re.compile(r"layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)_proj$")
@@ -18,6 +21,10 @@ _LAYER_MATRIX = re.compile(r"layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)_proj$")
 
 def build_model(cfg: ModelConfig, vocab_size: int, seed: int) -> Gemma2ForCausalLM:
     """A freshly initialised model (HF's initialisation, seeded by `seed`)."""
+    # imported here: transformers takes seconds to import, and the analysis, which reads the
+    # family's name and schema, builds no model
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
     config = Gemma2Config(
         vocab_size=vocab_size,
         hidden_size=cfg.hidden_size,
