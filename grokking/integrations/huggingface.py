@@ -18,13 +18,26 @@ go into `trainer.state.log_history` and to every reporter of `report_to` (Tensor
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from typing import TYPE_CHECKING
 
+import torch
 from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from grokking.integrations.watch import ALARM_KEY, LARWatch
+from grokking.integrations.watch import (
+    ALARM_KEY,
+    LAR_KEY,
+    LARWatch,
+    finite_mean,
+    keep_candidates,
+    log,
+    restore_selected,
+)
 from grokking.lar.alarm import Alarm
+from grokking.lar.select import OverfittingStop
 
 if TYPE_CHECKING:  # importing the Trainer takes seconds; a callback needs it only to be typed
     from transformers import Trainer
@@ -84,7 +97,7 @@ class LARCallback(TrainerCallback):
             return  # an evaluation's or the final summary's log: no training steps in it
         # the window's every key: a step that did not reach a layer has no value for it
         keys = dict.fromkeys(key for row in self.pending for key in row)
-        means = {key: _mean([row.get(key, math.nan) for row in self.pending]) for key in keys}
+        means = {key: finite_mean([row.get(key, math.nan) for row in self.pending]) for key in keys}
         if ALARM_KEY in means:  # a flag, not a rate: 1 once it has fired in the window
             means[ALARM_KEY] = self.pending[-1][ALARM_KEY]
         self.pending.clear()
@@ -96,6 +109,82 @@ class LARCallback(TrainerCallback):
         self.watch.remove()
 
 
-def _mean(values: list[float]) -> float:
-    finite = [v for v in values if math.isfinite(v)]
-    return sum(finite) / len(finite) if finite else math.nan
+CANDIDATES_FILE = "lar_candidates.pt"  # in each checkpoint folder: the candidates' weights
+
+
+class LAREarlyStopping(LARCallback, ExportableState):
+    """Early stopping without an evaluation dataset: LAR of the watched layer (logged as
+    `LARCallback` logs it) feeds `OverfittingStop(**rule)` (grokking.lar.select); training stops
+    (`control.should_training_stop`) `patience` steps after the rule does, and at the end of
+    training the weights of the step the rule selected are loaded into the model, as
+    `load_best_model_at_end` does with an evaluation metric. The candidates' weights are kept in
+    CPU memory (a bounded few) and written to each checkpoint folder (lar_candidates.pt); the
+    rule's state is in trainer_state.json (`ExportableState`), so a training resumed with
+    `TrainingArguments(restore_callback_states_from_checkpoint=True)` goes on where it was.
+
+        LAREarlyStopping().attach(trainer)"""
+
+    def __init__(self, module: str | None = None, patience: int = 0, **rule):
+        if not (isinstance(patience, int) and patience >= 0):
+            raise ValueError(f"patience: must be an int ≥ 0 steps, got {patience!r}")
+        super().__init__(module, alarm=False)
+        self.rule = OverfittingStop(**rule)
+        self.patience = patience
+        self.wait = 0  # steps since the rule stopped
+        self.kept: dict[int, dict[str, torch.Tensor]] = {}  # candidate step → weights on CPU
+        self.checkpoints = ""  # the trainer's output folder, where its checkpoints go
+        self.step = 0  # the last step checked
+        self.candidates_file = ""  # set by a restored state: the checkpoint's candidates
+
+    def lar(self, step: int, values: dict[str, float]) -> float:
+        """The value fed to the rule at `step` (tests override it to script a curve)."""
+        return values[LAR_KEY]
+
+    @property
+    def rule_state(self) -> dict:
+        return self.rule.state_dict()
+
+    @rule_state.setter
+    def rule_state(self, state: dict) -> None:  # the Trainer restores attributes by setattr
+        self.rule.load_state_dict(state)
+
+    def state(self) -> dict:
+        """What the Trainer writes to a checkpoint's trainer_state.json."""
+        folder = os.path.join(self.checkpoints, f"{PREFIX_CHECKPOINT_DIR}-{self.step}")
+        return {
+            "args": {"module": self.watch.module_name, "patience": self.patience, **self.rule.args},
+            "attributes": {
+                "rule_state": self.rule_state, "wait": self.wait, "step": self.step,
+                "candidates_file": os.path.join(folder, CANDIDATES_FILE),
+            },
+        }  # fmt: skip
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        super().on_train_begin(args, state, control, model=model, **kwargs)
+        self.checkpoints = args.output_dir
+        if self.candidates_file:  # resumed: the candidates the checkpoint kept
+            self.kept = torch.load(self.candidates_file, weights_only=True)
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        super().on_pre_optimizer_step(args, state, control, **kwargs)
+        self.step = state.global_step + 1  # the step LARCallback logs the values at
+        value = self.lar(self.step, self.pending[-1])
+        decision = keep_candidates(self.rule.update(self.step, value), self.kept, self.step, model)
+        if decision.stop:
+            log.warning("LAR early stopping at step %d: %s", self.step, self.rule.reason)
+        if not self.rule.stopped:
+            return
+        if self.wait >= self.patience:
+            control.should_training_stop = True
+            control.should_log = True
+        self.wait += 1
+
+    def on_save(self, args, state, control, **kwargs):
+        if not args.should_save:  # a process that wrote no checkpoint
+            return
+        folder = os.path.join(self.checkpoints, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+        torch.save(self.kept, os.path.join(folder, CANDIDATES_FILE))
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        restore_selected(self.rule, self.kept, model)
+        super().on_train_end(args, state, control, **kwargs)

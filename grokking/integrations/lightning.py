@@ -13,11 +13,21 @@ reached with `every_linear=True`. A module without a dense layer is refused at `
 
 from __future__ import annotations
 
+import torch
 from lightning.pytorch import Callback
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
-from grokking.integrations.watch import LARWatch, find_layer
+from grokking.integrations.watch import (
+    LAR_KEY,
+    LARWatch,
+    find_layer,
+    finite_mean,
+    keep_candidates,
+    log,
+    restore_selected,
+)
 from grokking.lar.alarm import Alarm
+from grokking.lar.select import OverfittingStop
 
 
 class LARCallback(Callback):
@@ -51,14 +61,98 @@ class LARCallback(Callback):
             self.watch.begin_step()
             self.step_open = True
 
-    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
-        # after the step's last backward pass, before the optimizer moves the weights
+    def _measure(self, trainer, pl_module) -> dict[str, float]:
+        """The step's values, logged: call after its last backward pass, before the optimizer
+        moves the weights."""
         self.step_open = False
         values = self.watch.end_step(trainer.global_step)  # the step Lightning logs it at
         # every value, NaN too: a key left out of a step is written with its last value
         pl_module.log_dict(values, on_step=True, on_epoch=False)
+        return values
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self._measure(trainer, pl_module)
         if self.stop_on_alarm and self.watch.alarm is not None and self.watch.alarm.fired:
             trainer.should_stop = True
 
     def on_fit_end(self, trainer, pl_module):
         self.watch.remove()
+
+
+class LAREarlyStopping(LARCallback):
+    """Early stopping without validation data, after Lightning's `EarlyStopping`: LAR of the
+    watched layer (as `LARCallback` logs it) feeds `OverfittingStop(**rule)`
+    (grokking.lar.select); it stops `patience` checks after the rule does, and at the end of fit
+    restores the weights of the step the rule selected. The candidates' weights are kept in CPU
+    memory (a bounded few; `OverfittingStop` says how many) and in the callback's checkpointed
+    state, so a fit resumed from a checkpoint goes on with the rule where it was.
+
+    Checked at every optimizer step, the rule's step is `trainer.global_step`; with
+    `check_on_train_epoch_end=True`, it is fed each epoch's mean LAR at the epoch's end and its
+    step is the epoch (then `window`, `every` count epochs). `stopped_epoch`: the epoch it stopped
+    in (0 if it did not)."""
+
+    def __init__(
+        self,
+        module: str | None = None,
+        patience: int = 0,
+        check_on_train_epoch_end: bool = False,
+        **rule,
+    ):
+        if not (isinstance(patience, int) and patience >= 0):
+            raise ValueError(f"patience: must be an int ≥ 0 checks, got {patience!r}")
+        super().__init__(module, alarm=False)
+        self.rule = OverfittingStop(**rule)
+        self.patience = patience
+        self.check_on_train_epoch_end = check_on_train_epoch_end
+        self.wait = 0  # checks since the rule stopped
+        self.stopped_epoch = 0
+        self.kept: dict[int, dict[str, torch.Tensor]] = {}  # candidate step → weights on CPU
+        self.epoch_lars: list[float] = []
+
+    def lar(self, step: int, values: dict[str, float]) -> float:
+        """The value fed to the rule at `step` (tests override it to script a curve)."""
+        return values[LAR_KEY]
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        value = self.lar(trainer.global_step, self._measure(trainer, pl_module))
+        if self.check_on_train_epoch_end:
+            self.epoch_lars.append(value)
+        else:
+            self._check(trainer, pl_module, trainer.global_step, value)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if self.check_on_train_epoch_end and self.epoch_lars:
+            value = finite_mean(self.epoch_lars)
+            self.epoch_lars.clear()
+            self._check(trainer, pl_module, trainer.current_epoch, value)
+
+    def _check(self, trainer, pl_module, step: int, value: float) -> None:
+        decision = keep_candidates(self.rule.update(step, value), self.kept, step, pl_module)
+        if decision.stop:
+            log.warning("LAR early stopping at %s %d: %s", self._unit, step, self.rule.reason)
+        if not self.rule.stopped:
+            return
+        if self.wait >= self.patience:
+            trainer.should_stop = True
+            self.stopped_epoch = trainer.current_epoch
+        self.wait += 1
+
+    @property
+    def _unit(self) -> str:
+        return "epoch" if self.check_on_train_epoch_end else "step"
+
+    def on_fit_end(self, trainer, pl_module):
+        restore_selected(self.rule, self.kept, pl_module)
+        super().on_fit_end(trainer, pl_module)
+
+    def state_dict(self) -> dict:
+        return {
+            "rule": self.rule.state_dict(), "wait": self.wait, "stopped_epoch": self.stopped_epoch,
+            "kept": self.kept, "epoch_lars": list(self.epoch_lars),
+        }  # fmt: skip
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.rule.load_state_dict(state_dict["rule"])
+        self.wait, self.stopped_epoch = state_dict["wait"], state_dict["stopped_epoch"]
+        self.kept, self.epoch_lars = dict(state_dict["kept"]), list(state_dict["epoch_lars"])

@@ -11,6 +11,7 @@ from torch import nn
 
 from grokking.lar import LARProbe, ProbeSet, probed_matrix
 from grokking.lar.alarm import Alarm, OverfittingAlarm
+from grokking.lar.select import Decision, StopRule
 
 log = logging.getLogger("grokking.integrations")
 
@@ -125,3 +126,28 @@ class LARWatch:
                 if probe.rows:
                     values[f"{LAR_KEY}/{name}"] = probe.value()
         return values
+
+
+def keep_candidates(decision: Decision, kept: dict, step: int, model: nn.Module) -> Decision:
+    """Act on a stopping rule's decision in `kept` (candidate step → weights on CPU): free the
+    weights it will never select, copy this step's if it may select them later."""
+    for dropped in decision.drop:
+        kept.pop(dropped, None)
+    if decision.save:
+        kept[step] = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    return decision
+
+
+def restore_selected(rule: StopRule, kept: dict, model: nn.Module) -> None:
+    """Load the weights of the step `rule` selected into `model`, as `load_best_model_at_end`
+    does; nothing if the rule has not stopped or selected the current weights."""
+    if rule.selected is None or rule.selected not in kept:
+        return
+    model.load_state_dict(kept[rule.selected])
+    log.warning("LAR early stopping restored the weights of step %d", rule.selected)
+
+
+def finite_mean(values: list[float]) -> float:
+    """The mean of the finite values (NaN if none): a step whose probe recorded nothing is NaN."""
+    finite = [v for v in values if math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else math.nan

@@ -23,7 +23,6 @@ JSON-able data, so a resumed run can continue the rule where it left off.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -153,7 +152,7 @@ class GrokkingStop(StopRule):
             return Decision()
         self.alarm.update(step, lar, train_acc=train_acc)
         fired = self.alarm.fired_at
-        if fired is None or step < math.ceil((1 + self.margin) * fired):
+        if fired is None or step - fired < self.margin * fired:
             return Decision()
         reason = (
             f"generalization alarm at step {fired} ({self.alarm.reason}); stopped "
