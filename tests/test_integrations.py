@@ -496,3 +496,26 @@ def test_hf_lar_early_stopping_resumes_with_its_state(tmp_path):
     assert (stopper.rule.stopped_at, stopper.rule.selected) == (STOP, KEPT)
     assert trainer.state.global_step == STOP
     assert_same_weights(model, whole.state_dict())
+
+
+def test_lightning_lar_early_stopping_checks_per_train_epoch(tmp_path):
+    # one batch an epoch: epoch e is step e, and the rule is fed CURVE[e] at the epoch's end
+    stopper, _ = lightning_stopper()
+    stopper.check_on_train_epoch_end = True
+    at_epoch_end = {}
+
+    class Recorder(lightning.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            at_epoch_end[trainer.current_epoch] = weights(pl_module)
+
+    torch.manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(8, 8), torch.randint(0, 4, (8,)))
+    module = Classifier()
+    trainer = lightning.Trainer(
+        max_epochs=40, callbacks=[Recorder(), stopper], logger=False, accelerator="cpu",
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=8))
+    assert (stopper.rule.stopped_at, stopper.rule.selected) == (STOP, KEPT)
+    assert stopper.stopped_epoch == STOP and trainer.current_epoch == STOP + 1
+    assert_same_weights(module, at_epoch_end[KEPT])
