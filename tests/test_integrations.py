@@ -407,7 +407,7 @@ def test_lightning_lar_early_stopping_stops_and_restores_the_selected_weights(tm
     assert stopper.rule.stopped_at == STOP and stopper.rule.selected == KEPT
     assert trainer.global_step == STOP + 1  # the step it stopped at completes
     assert stopper.stopped_epoch == STOP // 8
-    assert list(stopper.kept) == [KEPT]
+    assert list(stopper.stopper.kept) == [KEPT]
     assert_same_weights(module, recorder.at[KEPT])
 
 
@@ -415,7 +415,7 @@ def test_lightning_lar_early_stopping_resumes_with_its_state(tmp_path):
     _, whole, _, _ = lightning_stop_fit(tmp_path / "whole")
     first, _, before, _ = lightning_stop_fit(tmp_path, max_steps=RESUME_AT,
                                              checkpoint_every=RESUME_AT)  # fmt: skip
-    assert not before.rule.stopped and KEPT in before.kept
+    assert not before.rule.stopped and KEPT in before.stopper.kept
     (checkpoint,) = (tmp_path / "ckpt").glob("*.ckpt")
     trainer, module, stopper, _ = lightning_stop_fit(tmp_path, ckpt_path=checkpoint)
     # the window, the peak and the candidate of step 6 came from the checkpoint
@@ -428,7 +428,7 @@ def test_lightning_lar_early_stopping_waits_patience_checks(tmp_path):
     from grokking.integrations.lightning import LAREarlyStopping
 
     stopper, _ = lightning_stopper()
-    stopper.patience = 2
+    stopper.stopper.patience = 2
     with pytest.raises(ValueError, match="patience: must be an int ≥ 0"):
         LAREarlyStopping(patience=-1)
     torch.manual_seed(0)
@@ -488,7 +488,7 @@ def test_hf_lar_early_stopping_stops_and_restores_the_selected_weights(tmp_path)
 def test_hf_lar_early_stopping_resumes_with_its_state(tmp_path):
     _, whole, _, _ = hf_stop_train(tmp_path / "whole")
     _, _, before, _ = hf_stop_train(tmp_path, max_steps=RESUME_AT, save_steps=RESUME_AT)
-    assert not before.rule.stopped and KEPT in before.kept
+    assert not before.rule.stopped and KEPT in before.stopper.kept
     checkpoint = tmp_path / "hf" / f"checkpoint-{RESUME_AT}"
     assert (checkpoint / "lar_candidates.pt").exists()
     trainer, model, stopper, _ = hf_stop_train(tmp_path, resume=str(checkpoint))

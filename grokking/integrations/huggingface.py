@@ -31,10 +31,8 @@ from grokking.integrations.watch import (
     ALARM_KEY,
     LAR_KEY,
     LARWatch,
+    Stopper,
     finite_mean,
-    keep_candidates,
-    log,
-    restore_selected,
 )
 from grokking.lar.alarm import Alarm
 from grokking.lar.select import OverfittingStop
@@ -125,13 +123,8 @@ class LAREarlyStopping(LARCallback, ExportableState):
         LAREarlyStopping().attach(trainer)"""
 
     def __init__(self, module: str | None = None, patience: int = 0, **rule):
-        if not (isinstance(patience, int) and patience >= 0):
-            raise ValueError(f"patience: must be an int ≥ 0 steps, got {patience!r}")
+        self.stopper = Stopper(patience, **rule)
         super().__init__(module, alarm=False)
-        self.rule = OverfittingStop(**rule)
-        self.patience = patience
-        self.wait = 0  # steps since the rule stopped
-        self.kept: dict[int, dict[str, torch.Tensor]] = {}  # candidate step → weights on CPU
         self.checkpoints = ""  # the trainer's output folder, where its checkpoints go
         self.step = 0  # the last step checked
         self.candidates_file = ""  # set by a restored state: the checkpoint's candidates
@@ -141,20 +134,27 @@ class LAREarlyStopping(LARCallback, ExportableState):
         return values[LAR_KEY]
 
     @property
-    def rule_state(self) -> dict:
-        return self.rule.state_dict()
+    def rule(self) -> OverfittingStop:
+        return self.stopper.rule
 
-    @rule_state.setter
-    def rule_state(self, state: dict) -> None:  # the Trainer restores attributes by setattr
-        self.rule.load_state_dict(state)
+    @property
+    def stopper_state(self) -> dict:
+        return self.stopper.state_dict()
+
+    @stopper_state.setter
+    def stopper_state(self, state: dict) -> None:  # the Trainer restores attributes by setattr
+        self.stopper.load_state_dict(state)
 
     def state(self) -> dict:
         """What the Trainer writes to a checkpoint's trainer_state.json."""
         folder = os.path.join(self.checkpoints, f"{PREFIX_CHECKPOINT_DIR}-{self.step}")
         return {
-            "args": {"module": self.watch.module_name, "patience": self.patience, **self.rule.args},
+            "args": {
+                "module": self.watch.module_name, "patience": self.stopper.patience,
+                **self.rule.args,
+            },
             "attributes": {
-                "rule_state": self.rule_state, "wait": self.wait, "step": self.step,
+                "stopper_state": self.stopper_state, "step": self.step,
                 "candidates_file": os.path.join(folder, CANDIDATES_FILE),
             },
         }  # fmt: skip
@@ -163,28 +163,21 @@ class LAREarlyStopping(LARCallback, ExportableState):
         super().on_train_begin(args, state, control, model=model, **kwargs)
         self.checkpoints = args.output_dir
         if self.candidates_file:  # resumed: the candidates the checkpoint kept
-            self.kept = torch.load(self.candidates_file, weights_only=True)
+            self.stopper.kept = torch.load(self.candidates_file, weights_only=True)
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
         super().on_pre_optimizer_step(args, state, control, **kwargs)
         self.step = state.global_step + 1  # the step LARCallback logs the values at
-        value = self.lar(self.step, self.pending[-1])
-        decision = keep_candidates(self.rule.update(self.step, value), self.kept, self.step, model)
-        if decision.stop:
-            log.warning("LAR early stopping at step %d: %s", self.step, self.rule.reason)
-        if not self.rule.stopped:
-            return
-        if self.wait >= self.patience:
+        if self.stopper.check(self.step, self.lar(self.step, self.pending[-1]), model):
             control.should_training_stop = True
-            control.should_log = True
-        self.wait += 1
+            control.should_log = True  # the last step's values reach the logs
 
     def on_save(self, args, state, control, **kwargs):
         if not args.should_save:  # a process that wrote no checkpoint
             return
         folder = os.path.join(self.checkpoints, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
-        torch.save(self.kept, os.path.join(folder, CANDIDATES_FILE))
+        torch.save(self.stopper.kept, os.path.join(folder, CANDIDATES_FILE))
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
-        restore_selected(self.rule, self.kept, model)
+        self.stopper.restore(model)
         super().on_train_end(args, state, control, **kwargs)

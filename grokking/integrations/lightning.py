@@ -13,18 +13,15 @@ reached with `every_linear=True`. A module without a dense layer is refused at `
 
 from __future__ import annotations
 
-import torch
 from lightning.pytorch import Callback
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from grokking.integrations.watch import (
     LAR_KEY,
     LARWatch,
+    Stopper,
     find_layer,
     finite_mean,
-    keep_candidates,
-    log,
-    restore_selected,
 )
 from grokking.lar.alarm import Alarm
 from grokking.lar.select import OverfittingStop
@@ -99,16 +96,15 @@ class LAREarlyStopping(LARCallback):
         check_on_train_epoch_end: bool = False,
         **rule,
     ):
-        if not (isinstance(patience, int) and patience >= 0):
-            raise ValueError(f"patience: must be an int ≥ 0 checks, got {patience!r}")
+        self.stopper = Stopper(patience, **rule)
         super().__init__(module, alarm=False)
-        self.rule = OverfittingStop(**rule)
-        self.patience = patience
         self.check_on_train_epoch_end = check_on_train_epoch_end
-        self.wait = 0  # checks since the rule stopped
         self.stopped_epoch = 0
-        self.kept: dict[int, dict[str, torch.Tensor]] = {}  # candidate step → weights on CPU
         self.epoch_lars: list[float] = []
+
+    @property
+    def rule(self) -> OverfittingStop:
+        return self.stopper.rule
 
     def lar(self, step: int, values: dict[str, float]) -> float:
         """The value fed to the rule at `step` (tests override it to script a curve)."""
@@ -128,31 +124,23 @@ class LAREarlyStopping(LARCallback):
             self._check(trainer, pl_module, trainer.current_epoch, value)
 
     def _check(self, trainer, pl_module, step: int, value: float) -> None:
-        decision = keep_candidates(self.rule.update(step, value), self.kept, step, pl_module)
-        if decision.stop:
-            log.warning("LAR early stopping at %s %d: %s", self._unit, step, self.rule.reason)
-        if not self.rule.stopped:
-            return
-        if self.wait >= self.patience:
+        unit = "epoch" if self.check_on_train_epoch_end else "step"
+        if self.stopper.check(step, value, pl_module, unit):
             trainer.should_stop = True
             self.stopped_epoch = trainer.current_epoch
-        self.wait += 1
-
-    @property
-    def _unit(self) -> str:
-        return "epoch" if self.check_on_train_epoch_end else "step"
 
     def on_fit_end(self, trainer, pl_module):
-        restore_selected(self.rule, self.kept, pl_module)
+        self.stopper.restore(pl_module)
         super().on_fit_end(trainer, pl_module)
 
     def state_dict(self) -> dict:
-        return {
-            "rule": self.rule.state_dict(), "wait": self.wait, "stopped_epoch": self.stopped_epoch,
-            "kept": self.kept, "epoch_lars": list(self.epoch_lars),
+        """The rule's state and the candidates' weights: the checkpoint holds tensors."""
+        return self.stopper.state_dict() | {
+            "kept": self.stopper.kept, "stopped_epoch": self.stopped_epoch,
+            "epoch_lars": list(self.epoch_lars),
         }  # fmt: skip
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self.rule.load_state_dict(state_dict["rule"])
-        self.wait, self.stopped_epoch = state_dict["wait"], state_dict["stopped_epoch"]
-        self.kept, self.epoch_lars = dict(state_dict["kept"]), list(state_dict["epoch_lars"])
+        self.stopper.load_state_dict(state_dict)
+        self.stopper.kept = dict(state_dict["kept"])
+        self.stopped_epoch, self.epoch_lars = state_dict["stopped_epoch"], state_dict["epoch_lars"]

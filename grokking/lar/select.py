@@ -23,6 +23,7 @@ JSON-able data, so a resumed run can continue the rule where it left off.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,8 +40,6 @@ class Decision:
 
 class StopRule:
     """What every rule shares: the stopped state, the kept candidates, the state to resume."""
-
-    needs: tuple[str, ...] = ()  # what `update` takes by keyword besides LAR
 
     def __init__(self, alarm) -> None:
         self.alarm = alarm
@@ -106,8 +105,11 @@ class OverfittingStop(StopRule):
             return Decision()
         if self.alarm.update(step, lar):
             return self._select(step)
-        save = step % self.every == 0 and (
-            not self.candidates or step >= self.spacing * self.candidates[-1]
+        # a step whose LAR is NaN (nothing recorded, or the weights diverged) is no candidate
+        save = (
+            math.isfinite(lar)
+            and step % self.every == 0
+            and (not self.candidates or step >= self.spacing * self.candidates[-1])
         )
         if save:
             self.candidates.append(step)
@@ -136,8 +138,6 @@ class OverfittingStop(StopRule):
 class GrokkingStop(StopRule):
     """Stops at the first value at or after (1 + `margin`) × the step at which
     `GeneralizationAlarm(rise, memorized, patience)` fired; keeps the last weights."""
-
-    needs = ("train_acc",)
 
     def __init__(
         self, margin: float = 0.1, rise: float = 0.06, memorized: float = 0.99, patience: int = 1
