@@ -145,9 +145,14 @@ class LAREarlyStopping(LARCallback, ExportableState):
     def stopper_state(self, state: dict) -> None:  # the Trainer restores attributes by setattr
         self.stopper.load_state_dict(state)
 
+    def _candidates_file(self, step: int) -> str:
+        """Where the checkpoint of `step` keeps the candidates' weights (the Trainer's own
+        checkpoint folder: removed with it by `save_total_limit`)."""
+        folder = f"{PREFIX_CHECKPOINT_DIR}-{step}"
+        return os.path.join(self.checkpoints, folder, CANDIDATES_FILE)
+
     def state(self) -> dict:
         """What the Trainer writes to a checkpoint's trainer_state.json."""
-        folder = os.path.join(self.checkpoints, f"{PREFIX_CHECKPOINT_DIR}-{self.step}")
         return {
             "args": {
                 "module": self.watch.module_name, "patience": self.stopper.patience,
@@ -155,7 +160,7 @@ class LAREarlyStopping(LARCallback, ExportableState):
             },
             "attributes": {
                 "stopper_state": self.stopper_state, "step": self.step,
-                "candidates_file": os.path.join(folder, CANDIDATES_FILE),
+                "candidates_file": self._candidates_file(self.step),
             },
         }  # fmt: skip
 
@@ -175,8 +180,7 @@ class LAREarlyStopping(LARCallback, ExportableState):
     def on_save(self, args, state, control, **kwargs):
         if not args.should_save:  # a process that wrote no checkpoint
             return
-        folder = os.path.join(self.checkpoints, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
-        torch.save(self.stopper.kept, os.path.join(folder, CANDIDATES_FILE))
+        torch.save(self.stopper.kept, self._candidates_file(state.global_step))
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         self.stopper.restore(model)
