@@ -2,6 +2,7 @@ import math
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO
 
 
@@ -48,3 +49,12 @@ def test_lightning_example_logs_every_dense_layer(tmp_path):
     assert lines[-7].split() == ["step", "lar", "lar/body.0", "lar/body.2", "lar_alarm"]
     assert [line.split()[0] for line in lines[-6:]] == ["0", "8", "16", "24", "32", "40"]
     assert (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").is_file()
+
+
+@pytest.mark.parametrize("name", ["early_stopping_huggingface.py", "early_stopping_lightning.py"])
+def test_early_stopping_examples_stop_before_the_budget_and_keep_an_earlier_step(name, tmp_path):
+    stopped, why = run_example(name, tmp_path)[-2:]
+    words = stopped.split()  # stopped at step S of 200 ..., kept step K
+    step, kept = int(words[3]), int(words[-1])
+    assert 0 < kept <= 0.6 * step < 0.6 * 200
+    assert why.startswith("why: LAR's 10-value mean")

@@ -1,11 +1,13 @@
 """LAR in the training loops people use: the HuggingFace Trainer callback (its values reach the
 log history and TensorBoard, equal to lar() on the step's inputs) and the Lightning callback
 (its values reach a CSVLogger's metrics.csv); the layer each one watches; the alarm's flag,
-warning and stop."""
+warning and stop; LAR early stopping in both: it stops, restores the selected weights, and keeps
+its state across a resume."""
 
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -13,7 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 
 from grokking.integrations.watch import LARWatch, find_layer
-from grokking.lar import Alarm, GeneralizationAlarm, lar
+from grokking.lar import Alarm, GeneralizationAlarm, OverfittingStop, lar, run_rule
 
 transformers = pytest.importorskip("transformers")
 lightning = pytest.importorskip("lightning")
@@ -334,3 +336,186 @@ def test_lightning_refuses_a_module_without_a_dense_layer_at_setup(tmp_path):
     ]
     assert callback_frames == ["setup"]
     assert module.steps == 0
+
+
+# LAR early stopping: a scripted LAR curve (the rule's test hook) makes the stop deterministic:
+# a climb to 0.9 at step 4, then a fall of 0.03 per step. With a 2-value window the rule stops at
+# step 13 and keeps step 6 (candidates 1, 2, 3, 4, 6, 8, 11: the last at or before 0.6 × 13).
+CURVE = np.where(np.arange(64) <= 4, 0.5 + 0.1 * np.arange(64),
+                 np.maximum(0.9 - 0.03 * (np.arange(64) - 4), 0.55))  # fmt: skip
+RULE = {"keep": 0.6, "spacing": 1.3, "window": 2}
+STOP, KEPT, RESUME_AT = 13, 6, 8
+
+
+def test_the_scripted_curve_stops_where_the_tests_expect():
+    rule = run_rule(OverfittingStop(**RULE), range(1, 64), CURVE[1:])
+    assert (rule.stopped_at, rule.selected) == (STOP, KEPT)
+
+
+def weights(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def assert_same_weights(module: nn.Module, expected: dict[str, torch.Tensor]) -> None:
+    actual = module.state_dict()
+    assert actual.keys() == expected.keys()
+    assert all(torch.equal(actual[k], expected[k]) for k in expected)
+
+
+def lightning_stopper():
+    from grokking.integrations.lightning import LAREarlyStopping
+
+    class Scripted(LAREarlyStopping):
+        def lar(self, step, values):
+            return float(CURVE[step])
+
+    class Recorder(lightning.Callback):
+        """The weights of each step, as the stopper would keep them (before the update)."""
+
+        def __init__(self):
+            self.at = {}
+
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            self.at[trainer.global_step] = weights(pl_module)
+
+    return Scripted(module="net.head", **RULE), Recorder()
+
+
+def lightning_stop_fit(tmp_path, max_steps=40, ckpt_path=None, checkpoint_every=None):
+    """A fit with no validation data (8 batches an epoch, unshuffled) and a scripted stopper."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    torch.manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(64, 8), torch.randint(0, 4, (64,)))
+    stopper, recorder = lightning_stopper()
+    callbacks = [stopper, recorder]
+    if checkpoint_every:
+        callbacks.append(ModelCheckpoint(tmp_path / "ckpt", every_n_train_steps=checkpoint_every,
+                                         save_top_k=-1))  # fmt: skip
+    module = Classifier()
+    trainer = lightning.Trainer(
+        max_steps=max_steps, callbacks=callbacks, logger=False, accelerator="cpu",
+        enable_checkpointing=bool(checkpoint_every), enable_progress_bar=False,
+        enable_model_summary=False, default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=8), ckpt_path=ckpt_path)
+    return trainer, module, stopper, recorder
+
+
+def test_lightning_lar_early_stopping_stops_and_restores_the_selected_weights(tmp_path):
+    trainer, module, stopper, recorder = lightning_stop_fit(tmp_path)
+    assert stopper.rule.stopped_at == STOP and stopper.rule.selected == KEPT
+    assert trainer.global_step == STOP + 1  # the step it stopped at completes
+    assert stopper.stopped_epoch == STOP // 8
+    assert list(stopper.stopper.kept) == [KEPT]
+    assert_same_weights(module, recorder.at[KEPT])
+
+
+def test_lightning_lar_early_stopping_resumes_with_its_state(tmp_path):
+    _, whole, _, _ = lightning_stop_fit(tmp_path / "whole")
+    first, _, before, _ = lightning_stop_fit(tmp_path, max_steps=RESUME_AT,
+                                             checkpoint_every=RESUME_AT)  # fmt: skip
+    assert not before.rule.stopped and KEPT in before.stopper.kept
+    (checkpoint,) = (tmp_path / "ckpt").glob("*.ckpt")
+    trainer, module, stopper, _ = lightning_stop_fit(tmp_path, ckpt_path=checkpoint)
+    # the window, the peak and the candidate of step 6 came from the checkpoint
+    assert (stopper.rule.stopped_at, stopper.rule.selected) == (STOP, KEPT)
+    assert trainer.global_step == STOP + 1
+    assert_same_weights(module, whole.state_dict())
+
+
+def test_lightning_lar_early_stopping_waits_patience_checks(tmp_path):
+    from grokking.integrations.lightning import LAREarlyStopping
+
+    stopper, _ = lightning_stopper()
+    stopper.stopper.patience = 2
+    with pytest.raises(ValueError, match="patience: must be an int ≥ 0"):
+        LAREarlyStopping(patience=-1)
+    torch.manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(64, 8), torch.randint(0, 4, (64,)))
+    trainer = lightning.Trainer(
+        max_steps=40, callbacks=[stopper], logger=False, accelerator="cpu",
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(Classifier(), torch.utils.data.DataLoader(data, batch_size=8))
+    assert trainer.global_step == STOP + 3
+
+
+def hf_stopper():
+    from grokking.integrations.huggingface import LAREarlyStopping
+
+    class Scripted(LAREarlyStopping):
+        def lar(self, step, values):
+            return float(CURVE[step])
+
+    class Recorder(transformers.TrainerCallback):
+        def __init__(self):
+            self.at = {}
+
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+            self.at[state.global_step + 1] = weights(model)
+
+    return Scripted(**RULE), Recorder()
+
+
+def hf_stop_train(tmp_path, max_steps=40, resume=None, save_steps=None):
+    """A Trainer with no eval_dataset, a constant learning rate (a resumed run's schedule does
+    not depend on max_steps) and a scripted stopper."""
+    model = tiny_gpt2()
+    stopper, recorder = hf_stopper()
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "hf"), per_device_train_batch_size=4, max_steps=max_steps,
+        lr_scheduler_type="constant", use_cpu=True, report_to="none", disable_tqdm=True,
+        save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500,
+        restore_callback_states_from_checkpoint=True,
+    )  # fmt: skip
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=token_data(),
+                                   callbacks=[recorder])  # fmt: skip
+    stopper.attach(trainer)
+    trainer.train(resume_from_checkpoint=resume)
+    # a resumed Trainer replaces the stopper by one built from the checkpoint's state
+    (stopper,) = [c for c in trainer.callback_handler.callbacks if isinstance(c, type(stopper))]
+    return trainer, model, stopper, recorder
+
+
+def test_hf_lar_early_stopping_stops_and_restores_the_selected_weights(tmp_path):
+    trainer, model, stopper, recorder = hf_stop_train(tmp_path)
+    assert (stopper.rule.stopped_at, stopper.rule.selected) == (STOP, KEPT)
+    assert trainer.state.global_step == STOP
+    assert_same_weights(model, recorder.at[KEPT])
+
+
+def test_hf_lar_early_stopping_resumes_with_its_state(tmp_path):
+    _, whole, _, _ = hf_stop_train(tmp_path / "whole")
+    _, _, before, _ = hf_stop_train(tmp_path, max_steps=RESUME_AT, save_steps=RESUME_AT)
+    assert not before.rule.stopped and KEPT in before.stopper.kept
+    checkpoint = tmp_path / "hf" / f"checkpoint-{RESUME_AT}"
+    assert (checkpoint / "lar_candidates.pt").exists()
+    trainer, model, stopper, _ = hf_stop_train(tmp_path, resume=str(checkpoint))
+    assert stopper is not before  # rebuilt from the checkpoint's trainer_state.json
+    assert (stopper.rule.stopped_at, stopper.rule.selected) == (STOP, KEPT)
+    assert trainer.state.global_step == STOP
+    assert_same_weights(model, whole.state_dict())
+
+
+def test_lightning_lar_early_stopping_checks_per_train_epoch(tmp_path):
+    # one batch an epoch: epoch e is step e, and the rule is fed CURVE[e] at the epoch's end
+    stopper, _ = lightning_stopper()
+    stopper.check_on_train_epoch_end = True
+    at_epoch_end = {}
+
+    class Recorder(lightning.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            at_epoch_end[trainer.current_epoch] = weights(pl_module)
+
+    torch.manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(8, 8), torch.randint(0, 4, (8,)))
+    module = Classifier()
+    trainer = lightning.Trainer(
+        max_epochs=40, callbacks=[Recorder(), stopper], logger=False, accelerator="cpu",
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=8))
+    assert (stopper.rule.stopped_at, stopper.rule.selected) == (STOP, KEPT)
+    assert stopper.stopped_epoch == STOP and trainer.current_epoch == STOP + 1
+    assert_same_weights(module, at_epoch_end[KEPT])

@@ -18,13 +18,24 @@ go into `trainer.state.log_history` and to every reporter of `report_to` (Tensor
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from typing import TYPE_CHECKING
 
+import torch
 from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from grokking.integrations.watch import ALARM_KEY, LARWatch
+from grokking.integrations.watch import (
+    ALARM_KEY,
+    LAR_KEY,
+    LARWatch,
+    Stopper,
+    finite_mean,
+)
 from grokking.lar.alarm import Alarm
+from grokking.lar.select import OverfittingStop
 
 if TYPE_CHECKING:  # importing the Trainer takes seconds; a callback needs it only to be typed
     from transformers import Trainer
@@ -84,7 +95,7 @@ class LARCallback(TrainerCallback):
             return  # an evaluation's or the final summary's log: no training steps in it
         # the window's every key: a step that did not reach a layer has no value for it
         keys = dict.fromkeys(key for row in self.pending for key in row)
-        means = {key: _mean([row.get(key, math.nan) for row in self.pending]) for key in keys}
+        means = {key: finite_mean([row.get(key, math.nan) for row in self.pending]) for key in keys}
         if ALARM_KEY in means:  # a flag, not a rate: 1 once it has fired in the window
             means[ALARM_KEY] = self.pending[-1][ALARM_KEY]
         self.pending.clear()
@@ -96,6 +107,81 @@ class LARCallback(TrainerCallback):
         self.watch.remove()
 
 
-def _mean(values: list[float]) -> float:
-    finite = [v for v in values if math.isfinite(v)]
-    return sum(finite) / len(finite) if finite else math.nan
+CANDIDATES_FILE = "lar_candidates.pt"  # in each checkpoint folder: the candidates' weights
+
+
+class LAREarlyStopping(LARCallback, ExportableState):
+    """Early stopping without an evaluation dataset: LAR of the watched layer (logged as
+    `LARCallback` logs it) feeds `OverfittingStop(**rule)` (grokking.lar.select); training stops
+    (`control.should_training_stop`) `patience` steps after the rule does, and at the end of
+    training the weights of the step the rule selected are loaded into the model, as
+    `load_best_model_at_end` does with an evaluation metric. The candidates' weights are kept in
+    CPU memory (a bounded few) and written to each checkpoint folder (lar_candidates.pt); the
+    rule's state is in trainer_state.json (`ExportableState`), so a training resumed with
+    `TrainingArguments(restore_callback_states_from_checkpoint=True)` goes on where it was.
+
+        LAREarlyStopping().attach(trainer)"""
+
+    def __init__(self, module: str | None = None, patience: int = 0, **rule):
+        self.stopper = Stopper(patience, **rule)
+        super().__init__(module, alarm=False)
+        self.checkpoints = ""  # the trainer's output folder, where its checkpoints go
+        self.step = 0  # the last step checked
+        self.candidates_file = ""  # set by a restored state: the checkpoint's candidates
+
+    def lar(self, step: int, values: dict[str, float]) -> float:
+        """The value fed to the rule at `step` (tests override it to script a curve)."""
+        return values[LAR_KEY]
+
+    @property
+    def rule(self) -> OverfittingStop:
+        return self.stopper.rule
+
+    @property
+    def stopper_state(self) -> dict:
+        return self.stopper.state_dict()
+
+    @stopper_state.setter
+    def stopper_state(self, state: dict) -> None:  # the Trainer restores attributes by setattr
+        self.stopper.load_state_dict(state)
+
+    def _candidates_file(self, step: int) -> str:
+        """Where the checkpoint of `step` keeps the candidates' weights (the Trainer's own
+        checkpoint folder: removed with it by `save_total_limit`)."""
+        folder = f"{PREFIX_CHECKPOINT_DIR}-{step}"
+        return os.path.join(self.checkpoints, folder, CANDIDATES_FILE)
+
+    def state(self) -> dict:
+        """What the Trainer writes to a checkpoint's trainer_state.json."""
+        return {
+            "args": {
+                "module": self.watch.module_name, "patience": self.stopper.patience,
+                **self.rule.args,
+            },
+            "attributes": {
+                "stopper_state": self.stopper_state, "step": self.step,
+                "candidates_file": self._candidates_file(self.step),
+            },
+        }  # fmt: skip
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        super().on_train_begin(args, state, control, model=model, **kwargs)
+        self.checkpoints = args.output_dir
+        if self.candidates_file:  # resumed: the candidates the checkpoint kept
+            self.stopper.kept = torch.load(self.candidates_file, weights_only=True)
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        super().on_pre_optimizer_step(args, state, control, **kwargs)
+        self.step = state.global_step + 1  # the step LARCallback logs the values at
+        if self.stopper.check(self.step, self.lar(self.step, self.pending[-1]), model):
+            control.should_training_stop = True
+            control.should_log = True  # the last step's values reach the logs
+
+    def on_save(self, args, state, control, **kwargs):
+        if not args.should_save:  # a process that wrote no checkpoint
+            return
+        torch.save(self.stopper.kept, self._candidates_file(state.global_step))
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        self.stopper.restore(model)
+        super().on_train_end(args, state, control, **kwargs)

@@ -16,8 +16,15 @@ from __future__ import annotations
 from lightning.pytorch import Callback
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
-from grokking.integrations.watch import LARWatch, find_layer
+from grokking.integrations.watch import (
+    LAR_KEY,
+    LARWatch,
+    Stopper,
+    find_layer,
+    finite_mean,
+)
 from grokking.lar.alarm import Alarm
+from grokking.lar.select import OverfittingStop
 
 
 class LARCallback(Callback):
@@ -51,14 +58,89 @@ class LARCallback(Callback):
             self.watch.begin_step()
             self.step_open = True
 
-    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
-        # after the step's last backward pass, before the optimizer moves the weights
+    def _measure(self, trainer, pl_module) -> dict[str, float]:
+        """The step's values, logged: call after its last backward pass, before the optimizer
+        moves the weights."""
         self.step_open = False
         values = self.watch.end_step(trainer.global_step)  # the step Lightning logs it at
         # every value, NaN too: a key left out of a step is written with its last value
         pl_module.log_dict(values, on_step=True, on_epoch=False)
+        return values
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self._measure(trainer, pl_module)
         if self.stop_on_alarm and self.watch.alarm is not None and self.watch.alarm.fired:
             trainer.should_stop = True
 
     def on_fit_end(self, trainer, pl_module):
         self.watch.remove()
+
+
+class LAREarlyStopping(LARCallback):
+    """Early stopping without validation data, after Lightning's `EarlyStopping`: LAR of the
+    watched layer (as `LARCallback` logs it) feeds `OverfittingStop(**rule)`
+    (grokking.lar.select); it stops `patience` checks after the rule does, and at the end of fit
+    restores the weights of the step the rule selected. The candidates' weights are kept in CPU
+    memory (a bounded few; `OverfittingStop` says how many) and in the callback's checkpointed
+    state, so a fit resumed from a checkpoint goes on with the rule where it was.
+
+    Checked at every optimizer step, the rule's step is `trainer.global_step`; with
+    `check_on_train_epoch_end=True`, it is fed each epoch's mean LAR at the epoch's end and its
+    step is the epoch (then `window`, `every` count epochs). `stopped_epoch`: the epoch it stopped
+    in (0 if it did not)."""
+
+    def __init__(
+        self,
+        module: str | None = None,
+        patience: int = 0,
+        check_on_train_epoch_end: bool = False,
+        **rule,
+    ):
+        self.stopper = Stopper(patience, **rule)
+        super().__init__(module, alarm=False)
+        self.check_on_train_epoch_end = check_on_train_epoch_end
+        self.stopped_epoch = 0
+        self.epoch_lars: list[float] = []
+
+    @property
+    def rule(self) -> OverfittingStop:
+        return self.stopper.rule
+
+    def lar(self, step: int, values: dict[str, float]) -> float:
+        """The value fed to the rule at `step` (tests override it to script a curve)."""
+        return values[LAR_KEY]
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        value = self.lar(trainer.global_step, self._measure(trainer, pl_module))
+        if self.check_on_train_epoch_end:
+            self.epoch_lars.append(value)
+        else:
+            self._check(trainer, pl_module, trainer.global_step, value)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if self.check_on_train_epoch_end and self.epoch_lars:
+            value = finite_mean(self.epoch_lars)
+            self.epoch_lars.clear()
+            self._check(trainer, pl_module, trainer.current_epoch, value)
+
+    def _check(self, trainer, pl_module, step: int, value: float) -> None:
+        unit = "epoch" if self.check_on_train_epoch_end else "step"
+        if self.stopper.check(step, value, pl_module, unit):
+            trainer.should_stop = True
+            self.stopped_epoch = trainer.current_epoch
+
+    def on_fit_end(self, trainer, pl_module):
+        self.stopper.restore(pl_module)
+        super().on_fit_end(trainer, pl_module)
+
+    def state_dict(self) -> dict:
+        """The rule's state and the candidates' weights: the checkpoint holds tensors."""
+        return self.stopper.state_dict() | {
+            "kept": self.stopper.kept, "stopped_epoch": self.stopped_epoch,
+            "epoch_lars": list(self.epoch_lars),
+        }  # fmt: skip
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.stopper.load_state_dict(state_dict)
+        self.stopper.kept = dict(state_dict["kept"])
+        self.stopped_epoch, self.epoch_lars = state_dict["stopped_epoch"], state_dict["epoch_lars"]

@@ -7,10 +7,12 @@ import logging
 import math
 import warnings
 
+import torch
 from torch import nn
 
 from grokking.lar import LARProbe, ProbeSet, probed_matrix
 from grokking.lar.alarm import Alarm, OverfittingAlarm
+from grokking.lar.select import OverfittingStop
 
 log = logging.getLogger("grokking.integrations")
 
@@ -125,3 +127,56 @@ class LARWatch:
                 if probe.rows:
                     values[f"{LAR_KEY}/{name}"] = probe.value()
         return values
+
+
+class Stopper:
+    """What both early-stopping callbacks share: `OverfittingStop(**rule)`, the candidates' weights
+    it asks to keep (on CPU: `kept`, candidate step → state dict) and the `patience` count."""
+
+    def __init__(self, patience: int = 0, **rule):
+        if not (isinstance(patience, int) and patience >= 0):
+            raise ValueError(f"patience: must be an int ≥ 0 checks, got {patience!r}")
+        self.rule = OverfittingStop(**rule)
+        self.patience = patience
+        self.wait = 0  # checks since the rule stopped
+        self.kept: dict[int, dict[str, torch.Tensor]] = {}
+
+    def check(self, step: int, lar: float, model: nn.Module, unit: str = "step") -> bool:
+        """Feed the rule; free the weights it drops, copy the ones it may select; True when
+        training should stop here: `patience` checks after the rule stopped."""
+        decision = self.rule.update(step, lar)
+        for dropped in decision.drop:
+            self.kept.pop(dropped, None)
+        if decision.save:
+            weights = model.state_dict().items()
+            self.kept[step] = {k: v.detach().to("cpu", copy=True) for k, v in weights}
+        if decision.stop:
+            log.warning("LAR early stopping at %s %d: %s", unit, step, self.rule.reason)
+        if not self.rule.stopped:
+            return False
+        self.wait += 1
+        return self.wait > self.patience
+
+    def restore(self, model: nn.Module) -> None:
+        """Load the weights of the step the rule selected into `model`, as
+        `load_best_model_at_end` does; nothing if the rule has not stopped or selected the current
+        weights."""
+        selected = self.rule.selected
+        if selected is None or selected not in self.kept:
+            return
+        model.load_state_dict(self.kept[selected])
+        log.warning("LAR early stopping restored the weights of step %d", selected)
+
+    def state_dict(self) -> dict:
+        """The rule's state and the patience count, JSON-able (the weights are not)."""
+        return {"rule": self.rule.state_dict(), "wait": self.wait}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rule.load_state_dict(state["rule"])
+        self.wait = state["wait"]
+
+
+def finite_mean(values: list[float]) -> float:
+    """The mean of the finite values (NaN if none): a step whose probe recorded nothing is NaN."""
+    finite = [v for v in values if math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else math.nan

@@ -1,6 +1,7 @@
-"""The log-alignment ratio (LAR): the metric and its spectral forms (`metric`) and the
-validation-free alarms it feeds (`alarm`), usable on any PyTorch model without the rest of the
-project. Every experiment family imports it; it imports none of them."""
+"""The log-alignment ratio (LAR): the metric and its spectral forms (`metric`), the
+validation-free alarms it feeds (`alarm`) and the stopping rules built on them (`select`),
+usable on any PyTorch model without the rest of the project. Every experiment family imports
+it; it imports none of them."""
 
 from grokking.lar.alarm import (
     AcceleratingDeclineAlarm,
@@ -31,6 +32,7 @@ from grokking.lar.metric import (
     summary_from_spectra,
     sums_of_squares,
 )
+from grokking.lar.select import Decision, GrokkingStop, OverfittingStop, StopRule, run_rule
 
 __all__ = [
     "AcceleratingDeclineAlarm",
@@ -39,6 +41,11 @@ __all__ = [
     "OverfittingAlarm",
     "RiseAlarm",
     "first_firing",
+    "Decision",
+    "GrokkingStop",
+    "OverfittingStop",
+    "StopRule",
+    "run_rule",
     "SPECTRAL_SUMMARY",
     "LARProbe",
     "ProbeSet",

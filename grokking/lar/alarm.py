@@ -35,6 +35,25 @@ def _require(condition: bool, message: str) -> None:
         raise ValueError(message)
 
 
+def snapshot(obj, skip: tuple[str, ...] = ()) -> dict:
+    """An object's attributes as JSON-able data (a deque as a list), for a resumed run: HF's
+    Trainer keeps its callbacks' state in trainer_state.json."""
+    return {
+        name: list(value) if isinstance(value, deque) else value
+        for name, value in vars(obj).items()
+        if name not in skip
+    }
+
+
+def restore(obj, state: dict) -> None:
+    """Set the attributes `snapshot` took; a deque stays a deque of the same length."""
+    for name, value in state.items():
+        current = getattr(obj, name)
+        if isinstance(current, deque):
+            value = deque(value, maxlen=current.maxlen)
+        setattr(obj, name, value)
+
+
 class Alarm:
     """What every alarm shares: the fired state and the check on each value fed."""
 
@@ -52,6 +71,13 @@ class Alarm:
     def _fire(self, step: int, reason: str) -> bool:
         self.fired_at, self.reason = step, reason
         return True
+
+    def state_dict(self) -> dict:
+        """What the alarm has seen, as JSON-able data: a resumed run goes on where it was."""
+        return snapshot(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        restore(self, state)
 
     @staticmethod
     def _check(step: int, lar: float) -> bool:
