@@ -15,8 +15,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from grokking.lar.alarm import GeneralizationAlarm
+from grokking.lar.metric import probed_matrix
 
 
 # Members are named, not valued (Hydra and summary.json read the names): auto values.
@@ -126,3 +128,29 @@ class Switch:
         self.on_at = state["on_at"]
         if self.alarm is not None:
             vars(self.alarm).update(state["alarm"])
+
+
+class ForwardCapture:
+    """A forward hook on an `nn.Linear` (or GPT-2 style `Conv1D`) keeping the last training
+    call's inputs X [rows, n] and outputs Y = X Wᵀ [rows, m] (the bias subtracted) with their
+    graph, for `lar_term(capture.inputs, capture.outputs, capture.weight)`. Calls under
+    `torch.no_grad()` (evaluations) are not kept."""
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+        self.weight = probed_matrix(module)
+        if self.weight is None:
+            raise TypeError(f"ForwardCapture needs an nn.Linear or a Conv1D, got {module}")
+        self.inputs = self.outputs = None
+        self._handle = module.register_forward_hook(self._keep)
+
+    def _keep(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        if not torch.is_grad_enabled():
+            return
+        m, n = self.weight.shape
+        self.inputs = args[0].reshape(-1, n)
+        bias = getattr(module, "bias", None)
+        self.outputs = output.reshape(-1, m) - (bias if bias is not None else 0)
+
+    def remove(self) -> None:
+        self._handle.remove()
