@@ -201,7 +201,7 @@ def test_a_kill_9_after_any_evaluation_resumes_identically_with_a_term_on(
     "override, message",
     [
         ("regularize=lar regularize.strength=-1", "regularize.strength: must be a finite number"),
-        ("regularize=grokfast regularize.alpha=1", "regularize.alpha: must lie in [0, 1), got 1"),
+        ("regularize=grokfast regularize.alpha=1", "regularize.alpha: must be a number in [0, 1)"),
         ("regularize.trigger=soon", "regularize.trigger: must be one of start, memorization, al"),
         ("regularize.name=l2", "regularize.name: must be one of none, lar, grokfast, weight_norm"),
         ("regularize=l2", "regularize: no option 'l2'; allowed: grokfast, lar, none, weight_norm"),

@@ -43,12 +43,19 @@ class RegularizeConfig:
     alpha: float = 0.98  # Grokfast's EMA momentum
 
 
+# What each float field may hold: (the refusal's words, the test of a finite value).
+FLOAT_RANGES = {
+    "strength": ("a finite number ≥ 0", lambda v: v >= 0),
+    "alpha": ("a number in [0, 1)", lambda v: 0 <= v < 1),
+}
+
+
 def check_regularize(cfg: RegularizeConfig) -> None:
     """ValueError naming the field (under `regularize.`) for a value that is not allowed."""
-    if not (math.isfinite(cfg.strength) and cfg.strength >= 0):
-        raise ValueError(f"regularize.strength: must be a finite number ≥ 0, got {cfg.strength}")
-    if not 0 <= cfg.alpha < 1:
-        raise ValueError(f"regularize.alpha: must lie in [0, 1), got {cfg.alpha}")
+    for name, (allowed, ok) in FLOAT_RANGES.items():
+        value = getattr(cfg, name)
+        if not (math.isfinite(value) and ok(value)):
+            raise ValueError(f"regularize.{name}: must be {allowed}, got {value}")
 
 
 def _mean_square(t: torch.Tensor) -> torch.Tensor:
