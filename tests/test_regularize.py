@@ -6,7 +6,7 @@ import shutil
 import pandas as pd
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import tiny_config, tiny_lm
 from test_packing import assert_same_tables
 from test_training import same_metrics
 
@@ -233,3 +233,30 @@ def test_the_pack_key_keeps_differently_regularized_runs_apart():
     plain, steered = tiny_config(), tiny_config(regularize=RegularizeConfig(Regularizer.lar, 0.3))
     assert pack_key(plain) != pack_key(steered)
     assert pack_key(steered) == pack_key(tiny_config(seed=4, regularize=steered.regularize))
+
+
+@pytest.mark.parametrize("name", ["lar", "grokfast"])
+def test_a_language_model_killed_after_any_evaluation_resumes_identically_with_a_term_on(
+    tmp_path, monkeypatch, corpus_dir, name
+):
+    """The hinge's trailing LAR values and Grokfast's EMA come back from last.pt."""
+    from grokking.lm import load_config
+    from grokking.lm import train as train_lm
+
+    overrides = [*tiny_lm(corpus_dir, tmp_path / "cache"), f"regularize={name}", "device=cpu"]
+    cfg = load_config([*overrides, "regularize.window=5"] if name == "lar" else overrides)
+    killed = []
+    evaluate = loop._evaluate
+
+    def evaluate_then_copy(engine, due, pack=None):
+        evaluate(engine, due, pack)
+        if due:
+            killed.append(shutil.copytree(tmp_path / "whole", tmp_path / f"killed_{len(killed)}"))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(loop, "_evaluate", evaluate_then_copy)
+        train_lm(cfg, tmp_path / "whole")
+    assert len(killed) == 7  # steps 0, 10, ..., 60
+    for folder in killed[1:-1]:
+        assert train_lm(cfg, folder)["regularized_from_step"] == 0
+        same_metrics(RunDir(folder), RunDir(tmp_path / "whole"))
