@@ -6,7 +6,7 @@ import shutil
 import pandas as pd
 import pytest
 import torch
-from conftest import tiny_config, tiny_lm
+from conftest import run_cli, tiny_config, tiny_lm
 from test_packing import assert_same_tables
 from test_training import same_metrics
 
@@ -260,3 +260,10 @@ def test_a_language_model_killed_after_any_evaluation_resumes_identically_with_a
     for folder in killed[1:-1]:
         assert train_lm(cfg, folder)["regularized_from_step"] == 0
         same_metrics(RunDir(folder), RunDir(tmp_path / "whole"))
+
+
+@pytest.mark.parametrize("module", ["grokking.train", "grokking.lm"])
+def test_help_lists_the_regularizers(tmp_path, module):
+    lines = run_cli("--help", cwd=tmp_path, module=module, check=True).stdout.splitlines()
+    (line,) = [line for line in lines if line.startswith("Regularizers (regularize=NAME): ")]
+    assert line.split(": ", 1)[1].split(", ") == ["grokfast", "lar", "none", "weight_norm"]
