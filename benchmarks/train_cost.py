@@ -49,20 +49,21 @@ def every_position(engine: Engine, fn):
     did before it computed the last layer at the last position only (an empty MatrixSums asks
     for the full forward and records nothing)."""
     model = engine.model
-    model.forward = lambda tokens, sums=None: StackedTransformer.forward(
+    model.features = lambda tokens, sums=None: StackedTransformer.features(
         model, tokens, sums if sums is not None else MatrixSums(())
     )
     try:
         return fn()
     finally:
-        del model.forward
+        del model.features
 
 
 def step_flops(engine: Engine) -> int:
     batch = torch.arange(engine.batch_size)[None] % engine.train_y.shape[1]
     tokens = torch.gather(engine.train_x, 1, batch[..., None].expand(-1, -1, engine.seq_len))
     with FlopCounterMode(display=False) as counter:
-        engine._loss(tokens, torch.gather(engine.train_y, 1, batch)).sum().backward()
+        losses, term = engine._loss(tokens, torch.gather(engine.train_y, 1, batch))
+        (losses + term).sum().backward()
     engine.optimizer.zero_grad(set_to_none=True)
     return counter.get_total_flops()
 

@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 
 from grokking.algorithmic.model import ModelConfig
 from grokking.algorithmic.tasks import TaskError, check_task, make_dataset, train_size
+from grokking.lar.regularize import RegularizeConfig, check_regularize
 from grokking.runs import config as run_config
 from grokking.runs.config import MAX_SEED, RunConfig, require, validate_run
 
@@ -49,6 +50,7 @@ class TrainConfig(RunConfig):
     task: TaskConfig = field(default_factory=TaskConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    regularize: RegularizeConfig = field(default_factory=RegularizeConfig)  # lar, grokfast, ...
     train_fraction: float = 0.5
     split_seed: Optional[int] = None  # noqa: UP045 — which examples train; None: same as seed
     batch_size: int = 512
@@ -110,6 +112,10 @@ def validate(cfg: TrainConfig) -> None:
         value = getattr(cfg.optim, name)
         require(0 <= value < 1, f"optim.{name}: must lie in [0, 1), got {value}")
     require(cfg.optim.warmup_steps >= 0, "optim.warmup_steps: must be ≥ 0")
+    try:
+        check_regularize(cfg.regularize)
+    except ValueError as error:
+        raise run_config.ConfigError(str(error)) from None
 
 
 def from_dict(stored: dict | DictConfig) -> TrainConfig:

@@ -25,6 +25,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from grokking.algorithmic.build import build
 from grokking.algorithmic.config import LarLayers, Precision, TrainConfig
 from grokking.algorithmic.model import matrix_role
+from grokking.algorithmic.regularize import PackRegularizer
 from grokking.algorithmic.stacked import MatrixSums, StackedTransformer
 from grokking.lar import k_lar, lar_from_sums, spectra_from_gram, summary_from_spectra
 
@@ -54,6 +55,7 @@ class Engine:
         self.matrices = self.model.matrices if first.lar_layers == LarLayers.all else ["unembed"]
         self.batch_orders = [torch.Generator().manual_seed(cfg.seed) for cfg in cfgs]
         self.step = 0
+        self.regularizer = PackRegularizer(cfgs, list(self.model.parameters()))
         self._make_optimizer()
 
     @property
@@ -106,17 +108,23 @@ class Engine:
             kernels.enter_context(sdpa_kernel(SDPBackend.MATH))
         return kernels
 
-    def _loss(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Each member's mean cross-entropy on its batch, [R]."""
+    def _loss(self, tokens: torch.Tensor, labels: torch.Tensor):
+        """Each member's mean cross-entropy on its batch [R], and its regularizer's term [R]
+        from the same forward pass."""
         with self._kernels():
-            logits = self.model(tokens)
+            features = self.model.features(tokens)
+            logits = self.model.unembed(features)
         losses = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), reduction="none")
-        return losses.view(labels.shape).mean(dim=1)
+        weight = self.model.param("unembed.weight")
+        term = self.regularizer.term(features, logits, weight, self.model.parameters())
+        return losses.view(labels.shape).mean(dim=1), term
 
     def _step(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        losses = self._loss(tokens, labels)
+        """One optimizer step; each member's cross-entropy (without the term) [R]."""
+        losses, term = self._loss(tokens, labels)
         self.optimizer.zero_grad(set_to_none=True)
-        losses.sum().backward()
+        (losses + term).sum().backward()
+        self.regularizer.filter_gradients(list(self.model.parameters()))
         self.optimizer.step()
         return losses.detach()
 
@@ -208,6 +216,10 @@ class Engine:
             results.append(row)
         return results
 
+    def after_evaluation(self, member: int, result: dict) -> dict:
+        """The member's record notes this evaluation: its regularizer's switch sees it."""
+        return self.regularizer.update(member, self.step, result)
+
     def _weight(self, name: str) -> torch.Tensor:
         return self.model.param(f"{name}.weight").detach()
 
@@ -232,6 +244,7 @@ class Engine:
             "optimizer": moments,
             "optimizer_step": self.step,
             "batch_order": self.batch_orders[member].get_state(),
+            "regularize": self.regularizer.member_state(member, self.model.names),
         }
 
     def load_member_states(self, states: Sequence[dict]) -> None:
@@ -244,6 +257,7 @@ class Engine:
         for member, state in enumerate(states):
             self.model.load_member_state_dict(member, state["model"])
             self.batch_orders[member].set_state(state["batch_order"])
+        self.regularizer.load([state.get("regularize") for state in states], self.model.names)
         if self.step == 0:
             return
         optimizer_state = {}
@@ -272,6 +286,7 @@ class Engine:
         for name in ("train_x", "train_y", "val_x", "val_y"):
             setattr(self, name, getattr(self, name).index_select(0, index))
         self.batch_orders = [self.batch_orders[m] for m in members]
+        self.regularizer.keep(index)
         self._make_optimizer(optimizer_state or None)
 
 

@@ -1,9 +1,9 @@
 """Which runs can train together as one stacked model (a pack): the family's `pack_key`, by which
 the packed launcher (grokking/runs/packs.py) cuts a sweep into packs. Runs share a pack when every
 shape and every shared setting agrees: vocabulary, classes, training- and validation-set sizes,
-batch size, model, optimizer, evaluation cadence, precision, probed matrices and device. They may
-differ in task, seed, split seed, train fraction (when the sizes agree), thresholds, stop rule and
-budget."""
+batch size, model, optimizer, regularizer, evaluation cadence, precision, probed matrices and
+device. They may differ in task, seed, split seed, train fraction (when the sizes agree),
+thresholds, stop rule and budget."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from grokking.runs.config import to_dict
 SHARED_FIELDS = (
     "model",
     "optim",
+    "regularize",  # one term for the pack; each member's switch is its own
     "batch_size",
     "eval_every",
     "eval_batch_size",

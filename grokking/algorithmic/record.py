@@ -63,6 +63,7 @@ class GrokkingRecord(RunRecord):
         "val_loss",
         "val_acc",
         *SPECTRAL_SUMMARY,  # the unembedding, over the whole training set
+        "regularizing",  # 1 once the regularizer (regularize.name) is on, else 0
     ]
     MATRIX_COLUMNS = ["epoch", "step", "name", "layer", "role", "lar"]
     RESUME_FIELDS = RunRecord.RESUME_FIELDS | {

@@ -102,7 +102,15 @@ class StackedTransformer(nn.Module):
 
     # --- forward ----------------------------------------------------------------------------
     def forward(self, tokens: torch.Tensor, sums: MatrixSums | None = None) -> torch.Tensor:
-        """Logits [R, B, n_classes] at the last ('=') position of tokens [R, B, seq].
+        """Logits [R, B, n_classes] at the last ('=') position of tokens [R, B, seq]."""
+        return self.unembed(self.features(tokens, sums), sums)
+
+    def unembed(self, features: torch.Tensor, sums: MatrixSums | None = None) -> torch.Tensor:
+        """The logits of the unembedding's inputs [R, B, d_model] (no bias: Y = X Wᵀ)."""
+        return self._linear("unembed", features, sums)
+
+    def features(self, tokens: torch.Tensor, sums: MatrixSums | None = None) -> torch.Tensor:
+        """The unembedding's inputs [R, B, d_model]: the final norm at the last position.
 
         Only the last position is read out, so without `sums` the last layer computes its keys
         and values at every position and everything else (queries, attention output, MLP) at the
@@ -122,20 +130,20 @@ class StackedTransformer(nn.Module):
             x = x + self._attention(self._norm(f"{prefix}.ln_attn", x), prefix, batch, sums)
             x = x + self._mlp(self._norm(f"{prefix}.ln_mlp", x), prefix, sums)
         if full_layers < self.cfg.n_layers:
-            return self._last_layer_at_last_position(x, batch)
-        last = x.view(members, batch, seq, d_model)[:, :, -1]
-        return self._linear("unembed", self._norm("ln_final", last), sums)
+            last = self._last_layer_at_last_position(x, batch)
+        else:
+            last = x.view(members, batch, seq, d_model)[:, :, -1]
+        return self._norm("ln_final", last)
 
     def _last_layer_at_last_position(self, x: torch.Tensor, batch: int) -> torch.Tensor:
-        """The last block and the unembedding, computed for the last position only (its query
-        attends to the keys and values of every position)."""
+        """The last block's output, computed for the last position only (its query attends to
+        the keys and values of every position)."""
         members, rows, d_model = x.shape
         prefix = f"blocks.{self.cfg.n_layers - 1}"
         last = x.view(members, batch, rows // batch, d_model)[:, :, -1]
         normed = self._norm(f"{prefix}.ln_attn", x)
         last = last + self._attention(normed, prefix, batch, None, last_query_only=True)
-        last = last + self._mlp(self._norm(f"{prefix}.ln_mlp", last), prefix, None)
-        return self._linear("unembed", self._norm("ln_final", last), None)
+        return last + self._mlp(self._norm(f"{prefix}.ln_mlp", last), prefix, None)
 
     def _linear(self, name: str, x: torch.Tensor, sums: MatrixSums | None) -> torch.Tensor:
         y = torch.bmm(x, self.param(f"{name}.weight").mT)

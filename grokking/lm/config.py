@@ -13,6 +13,8 @@ from typing import ClassVar, Optional
 
 from omegaconf import DictConfig
 
+from grokking.lar import regularize
+from grokking.lar.regularize import RegularizeConfig, Trigger
 from grokking.lm.corpus import MAX_VOCAB_SIZE, MIN_VOCAB_SIZE
 from grokking.runs import config as run_config
 from grokking.runs.config import MAX_SEED, RunConfig, require, validate_run
@@ -81,10 +83,16 @@ class OptimConfig:
 
 
 @dataclass
+class LMRegularizeConfig(RegularizeConfig):
+    window: int = 100  # steps of the trailing mean the LAR term holds LAR up to
+
+
+@dataclass
 class LMConfig(RunConfig):
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    regularize: LMRegularizeConfig = field(default_factory=LMRegularizeConfig)
     batch_size: int = 32  # sequences per step
     token_budget: int = 1_000_000  # tokens trained on; steps = budget / (batch × context)
     val_batches: int = 13  # the validation batch, in training batches (the paper's ≈ 13)
@@ -118,6 +126,7 @@ FLOAT_RANGES: dict[str, tuple[str, Callable[[float], bool]]] = {
     "optim.warmup_fraction": ("a number in [0, 1)", lambda v: 0 <= v < 1),
     "optim.final_lr_fraction": ("a number in [0, 1]", lambda v: 0 <= v <= 1),
     "optim.grad_clip": ("a finite number ≥ 0 (0: off)", lambda v: v >= 0),
+    **{f"regularize.{name}": words for name, words in regularize.FLOAT_RANGES.items()},
 }
 
 
@@ -154,6 +163,7 @@ def validate(cfg: LMConfig) -> None:
         require(value >= 1, f"model.{name}: must be an integer ≥ 1, got {value}")
     require(o.ns_steps >= 1, f"optim.ns_steps: must be an integer ≥ 1, got {o.ns_steps}")
     check_floats(cfg)
+    check_regularizer(cfg.regularize)
     for name in ("batch_size", "val_batches"):
         value = getattr(cfg, name)
         require(value >= 1, f"{name}: must be an integer ≥ 1, got {value}")
@@ -161,6 +171,17 @@ def validate(cfg: LMConfig) -> None:
         cfg.token_budget >= cfg.tokens_per_step,
         f"token_budget: must hold at least one step of batch_size × model.context = "
         f"{cfg.tokens_per_step} tokens, got {cfg.token_budget}",
+    )
+
+
+def check_regularizer(cfg: LMRegularizeConfig) -> None:
+    """The fields `check_floats` does not check."""
+    require(cfg.window >= 1, f"regularize.window: must be an integer ≥ 1, got {cfg.window}")
+    # no training accuracy: nothing marks memorization or feeds the generalization alarm
+    require(
+        cfg.trigger == Trigger.start,
+        "regularize.trigger: language models measure no training accuracy, so only start is "
+        f"allowed, got {cfg.trigger.name}",
     )
 
 

@@ -17,6 +17,7 @@ from grokking.lm.config import LarLayers, LMConfig
 from grokking.lm.data import batch_indices, dataset
 from grokking.lm.model import UNEMBED, build_model, matrix_role
 from grokking.lm.optim import lr_factor, make_optimizers, set_lr
+from grokking.lm.regularize import RunRegularizer
 from grokking.runs.config import ConfigError
 
 
@@ -37,6 +38,7 @@ class LMEngine:
         self.step = 0
         # LAR of every training step, from the step's own forward pass
         self.unembed = LARProbe(self.model.get_output_embeddings(), record_with_grad=True)
+        self.regularizer = RunRegularizer(cfg.regularize, self.model, cfg.regularize.window)
 
     # --- training -----------------------------------------------------------------------------
     def _loss(self, windows: torch.Tensor) -> torch.Tensor:
@@ -56,7 +58,8 @@ class LMEngine:
         self.unembed.reset()
         loss = self._loss(self.data.train[rows])
         lar = self.unembed.value()
-        loss.backward()
+        (loss + self.regularizer.term(lar)).backward()
+        self.regularizer.filter_gradients()  # on the raw gradient, as Grokfast's code does
         clip = cfg.optim.grad_clip or float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
         for optimizer in self.optimizers:
@@ -92,6 +95,10 @@ class LMEngine:
         row["probe_lar"] = summary.pop("lar")  # the step rows' `lar` is the training batch's
         return [row | summary | {"p1": p[0].item(), "q1": q[0].item(), "matrix_lar": matrix_lar}]
 
+    def after_evaluation(self, member: int, result: dict) -> dict:
+        """A language model's regularizer is on from the start: the row says so."""
+        return {"regularizing": float(self.regularizer.regularizing)}
+
     # --- the member's state -------------------------------------------------------------------
     def model_state(self, member: int) -> dict[str, torch.Tensor]:
         return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
@@ -103,6 +110,7 @@ class LMEngine:
             "model": self.model_state(member),
             "optimizers": [optimizer.state_dict() for optimizer in self.optimizers],
             "optimizer_step": self.step,
+            "regularize": self.regularizer.state(),
         }
 
     def load_member_states(self, states: Sequence[dict]) -> None:
@@ -111,6 +119,7 @@ class LMEngine:
         for optimizer, saved in zip(self.optimizers, state["optimizers"], strict=True):
             optimizer.load_state_dict(saved)
         self.step = state["optimizer_step"]
+        self.regularizer.load(state.get("regularize"))
 
     def keep(self, members: Sequence[int]) -> None:
         """A pack of one keeps its one member."""

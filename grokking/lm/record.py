@@ -44,6 +44,7 @@ class LMRecord(RunRecord):
         *SPECTRAL_SUMMARY[1:],
         "p1",  # the top singular direction's share of p (weights) and of q (activations)
         "q1",
+        "regularizing",  # at evaluations: 1 when the regularizer (regularize.name) is on
     ]
     MATRIX_COLUMNS = ["step", "name", "layer", "role", "lar"]
     RESUME_FIELDS = RunRecord.RESUME_FIELDS | {"optimizers": list, "optimizer_step": int}

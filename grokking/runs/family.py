@@ -29,6 +29,11 @@ class Engine(Protocol):
     def evaluate(self) -> list[dict]:
         """Per member: the evaluation's values and `matrix_lar` {name: {"lar": ..., ...}}."""
 
+    def after_evaluation(self, member: int, result: dict) -> dict:
+        """The member's record is about to note `result` (its entry of `evaluate`): update what
+        training depends on (a regularizer's switch); the fields to add to its row. Only the
+        evaluations a member's record notes count, so it trains in a pack as it would alone."""
+
     def model_state(self, member: int) -> dict[str, torch.Tensor]: ...
 
     def member_state(self, member: int) -> dict:

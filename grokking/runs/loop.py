@@ -184,7 +184,8 @@ def _evaluate(engine: Engine, due: list[RunRecord], pack: list[RunRecord] | None
     saves = []
     for record in due:
         index = pack.index(record)
-        reason = record.record(results[index], lambda i=index: engine.model_state(i))
+        result = results[index] | engine.after_evaluation(index, results[index])
+        reason = record.record(result, lambda i=index: engine.model_state(i))
         if reason:
             record.finish(reason, engine.member_state(index))
         elif save_now:

@@ -110,6 +110,7 @@ class RunRecord:
         self.metrics: list[dict] = []
         self.matrix_lar: list[dict] = []
         self.summary: dict | None = None
+        self.regularized_from: int | None = None  # the unit whose evaluation switched it on
         self._wall_before_s = 0.0  # training time of earlier processes
         self._started = time.perf_counter()
         self._file_log: logging.Logger | None = None
@@ -202,6 +203,7 @@ class RunRecord:
         self.clock = Clock(saved[self.UNIT], saved["step"])
         self._wall_before_s = saved["wall_s"]
         self.metrics, self.matrix_lar = saved["metrics"], saved["matrix_lar"]
+        self.regularized_from = saved.get("regularized_from")  # absent: saved before the option
         self.restore(saved)
         self.log(f"resuming {self.run_dir.path} from {self.UNIT} {self.clock.unit}")
         return saved
@@ -233,6 +235,7 @@ class RunRecord:
         row = {self.UNIT: self.clock.unit, "step": self.clock.step, "wall_s": self.wall_s()}
         row |= {key: value for key, value in result.items() if key != "matrix_lar"}
         self.add_row(row)
+        self._note_regularizer(row)
         matrices = [
             {self.UNIT: self.clock.unit, "step": self.clock.step, "name": name} | values
             for name, values in result["matrix_lar"].items()
@@ -245,6 +248,13 @@ class RunRecord:
 
     def add_row(self, row: dict) -> None:
         self.metrics.append(row)
+
+    def _note_regularizer(self, row: dict) -> None:
+        """The first evaluation whose row says the regularizer is on (the engine's
+        `after_evaluation`): its unit goes into train.log and summary.json."""
+        if row.get("regularizing") and self.regularized_from is None:
+            self.regularized_from = self.clock.unit
+            self.log(f"regularizer on from {self.UNIT} {self.clock.unit}")
 
     def send(self, row: dict, matrices: list[dict]) -> None:
         """Hand a row (and matrix rows) to the run's logger (TensorBoard, W&B), opened at the
@@ -288,6 +298,7 @@ class RunRecord:
                 "wall_s": self.wall_s(),
                 "metrics": self.metrics,
                 "matrix_lar": self.matrix_lar,
+                "regularized_from": self.regularized_from,
                 "config": to_dict(self.cfg),
             },
         )
@@ -332,6 +343,7 @@ class RunRecord:
                 "seed": self.cfg.seed,
                 "sweep_name": self.cfg.sweep_name,
                 f"final_{self.UNIT}": self.clock.unit,
+                f"regularized_from_{self.UNIT}": self.regularized_from,
                 "wall_s": self.wall_s(),
                 "device": str(self.device),
                 "threads": torch.get_num_threads(),
