@@ -92,7 +92,7 @@ def test_an_option_of_the_other_family_is_refused_in_one_line(
         (
             ["lr=0.1"],
             "lr: not a config key (did you mean optim.lr?); allowed: task, model, optim, "
-            "train_fraction, split_seed,",
+            "regularize, train_fraction, split_seed,",
         ),
         (["optim.lrr=1"], "optim.lrr: not a config key; allowed: lr, weight_decay, beta1,"),
         (["train_fraction=abc"], "train_fraction: must be a number, got 'abc'"),

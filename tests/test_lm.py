@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import run_cli, tiny_lm
+from conftest import REPO, run_cli, tiny_lm
 from torch.optim._muon import _zeropower_via_newtonschulz
 
 from grokking.lar import LARProbe, lar
@@ -147,7 +147,8 @@ def test_lar_starts_near_one_half_at_initialisation(tiny_run):
 def test_help_lists_the_language_model_sweeps_and_the_config(tmp_path):
     result = run_cli("--help", cwd=tmp_path, module="grokking.lm", check=True)
     (sweeps,) = [line for line in result.stdout.splitlines() if line.startswith("Sweep files")]
-    assert sweeps.split(": ", 1)[1].split(", ") == ["lm_lr", "lm_overfitting"]
+    listed = sweeps.split(": ", 1)[1].split(", ")
+    assert listed == sorted(path.stem for path in (REPO / "sweeps" / "lm").glob("*.yaml"))
     assert "token_budget: 1000000" in result.stdout and "vocab_size: 1024" in result.stdout
     assert not any(tmp_path.iterdir())
 
