@@ -1,6 +1,8 @@
 import os
+import shutil
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -44,6 +46,24 @@ def tiny_config(**fields) -> TrainConfig:
             parent, leaf = key.split("__")
             setattr(getattr(cfg, parent), leaf, value)
     return cfg
+
+
+@contextmanager
+def copies_after_each_evaluation(monkeypatch, whole: Path):
+    """Within: after every evaluation of a run (or pack) training into `whole`, a copy of that
+    folder, killed_<i> beside it (the list yielded): what a kill -9 at that instant leaves."""
+    from grokking.runs import loop
+
+    killed, evaluate = [], loop._evaluate
+
+    def evaluate_then_copy(engine, due, pack=None):
+        evaluate(engine, due, pack)
+        if due:
+            killed.append(shutil.copytree(whole, whole.parent / f"killed_{len(killed)}"))
+
+    with monkeypatch.context() as patch:
+        patch.setattr(loop, "_evaluate", evaluate_then_copy)
+        yield killed
 
 
 def run_cli(*args, cwd, module="grokking.train", timeout=300, check=False):

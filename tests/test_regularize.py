@@ -1,12 +1,10 @@
 """The regularizers of issue 30 (regularize=lar|grokfast|weight_norm): the differentiable LAR term,
 Grokfast's filter, the switches (start, memorization, alarm), packs, resume, and refusals."""
 
-import shutil
-
 import pandas as pd
 import pytest
 import torch
-from conftest import run_cli, tiny_config, tiny_lm
+from conftest import copies_after_each_evaluation, run_cli, tiny_config, tiny_lm
 from test_packing import assert_same_tables
 from test_training import same_metrics
 
@@ -23,7 +21,6 @@ from grokking.lar.regularize import (
     grokfast_,
     lar_term,
 )
-from grokking.runs import loop
 from grokking.runs.rundir import RunDir
 
 # --- the differentiable LAR term ---------------------------------------------------------------
@@ -175,16 +172,7 @@ def test_a_kill_9_after_any_evaluation_resumes_identically_with_a_term_on(
         tiny_config(max_epochs=25, memorization_threshold=0.16, regularize=regularize, seed=seed)
         for seed in (0, 1)
     ]
-    killed = []
-    evaluate = loop._evaluate
-
-    def evaluate_then_copy(engine, due, pack=None):
-        evaluate(engine, due, pack)
-        if due:
-            killed.append(shutil.copytree(tmp_path / "whole", tmp_path / f"killed_{len(killed)}"))
-
-    with monkeypatch.context() as patch:
-        patch.setattr(loop, "_evaluate", evaluate_then_copy)
+    with copies_after_each_evaluation(monkeypatch, tmp_path / "whole") as killed:
         whole = train_pack([(cfg, tmp_path / "whole" / str(i)) for i, cfg in enumerate(cfgs)])
     assert all(0 < summary["regularized_from_epoch"] < 25 for summary in whole)
     for folder in killed:
@@ -245,16 +233,7 @@ def test_a_language_model_killed_after_any_evaluation_resumes_identically_with_a
 
     overrides = [*tiny_lm(corpus_dir, tmp_path / "cache"), f"regularize={name}", "device=cpu"]
     cfg = load_config([*overrides, "regularize.window=5"] if name == "lar" else overrides)
-    killed = []
-    evaluate = loop._evaluate
-
-    def evaluate_then_copy(engine, due, pack=None):
-        evaluate(engine, due, pack)
-        if due:
-            killed.append(shutil.copytree(tmp_path / "whole", tmp_path / f"killed_{len(killed)}"))
-
-    with monkeypatch.context() as patch:
-        patch.setattr(loop, "_evaluate", evaluate_then_copy)
+    with copies_after_each_evaluation(monkeypatch, tmp_path / "whole") as killed:
         train_lm(cfg, tmp_path / "whole")
     assert len(killed) == 7  # steps 0, 10, ..., 60
     for folder in killed[1:-1]:

@@ -1,5 +1,4 @@
 import json
-import shutil
 import signal
 import subprocess
 import sys
@@ -9,14 +8,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO, TINY_OVERRIDES, run_cli, tiny_config
+from conftest import REPO, TINY_OVERRIDES, copies_after_each_evaluation, run_cli, tiny_config
 
 from grokking.algorithmic import train, train_pack
 from grokking.algorithmic.model import Transformer
 from grokking.algorithmic.record import Events, GrokkingRecord, stop_reason
 from grokking.algorithmic.tasks import make_dataset, split
 from grokking.lar import lar
-from grokking.runs import loop
 from grokking.runs.config import ConfigError, config_differences, to_dict
 from grokking.runs.rundir import RunDir
 
@@ -370,16 +368,7 @@ def test_a_kill_9_after_any_evaluation_resumes_to_the_uninterrupted_result(
     evaluation is what a kill there leaves. The first holds the last.pt of epoch 0, saved before
     the optimizer's first step: all a kill in a run's first minute finds (save_every_s=60)."""
     cfgs = [tiny_config(max_epochs=15, seed=seed) for seed in range(size)]
-    killed = []
-    evaluate = loop._evaluate
-
-    def evaluate_then_copy(engine, due, pack=None):
-        evaluate(engine, due, pack)
-        if due:
-            killed.append(shutil.copytree(tmp_path / "whole", tmp_path / f"killed_{len(killed)}"))
-
-    with monkeypatch.context() as patch:
-        patch.setattr(loop, "_evaluate", evaluate_then_copy)
+    with copies_after_each_evaluation(monkeypatch, tmp_path / "whole") as killed:
         train_pack([(cfg, tmp_path / "whole" / str(i)) for i, cfg in enumerate(cfgs)])
     assert len(killed) == 4  # epochs 0, 5, 10, 15
     for folder in killed:
