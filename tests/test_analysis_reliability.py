@@ -227,12 +227,14 @@ def test_an_output_folder_that_cannot_be_made_is_a_clear_error(smoke_copy, tmp_p
 
 @pytest.fixture(scope="module")
 def tiny_runs(tmp_path_factory, corpus_dir) -> dict[str, Path]:
-    """A completed grokking run and a completed language-model run, trained in seconds."""
+    """A completed grokking run and a completed language-model run, trained in seconds. Neither
+    folder is named `grokking`: `python -m` puts its working folder first on sys.path, where a
+    folder of that name would be imported as the package."""
     cwd = tmp_path_factory.mktemp("tiny_runs")
-    run_cli("task=add", *TINY_OVERRIDES, "hydra.run.dir=grokking", cwd=cwd, check=True)
-    lm = [*tiny_lm(corpus_dir, cwd / "cache"), "hydra.run.dir=lm"]
+    run_cli("task=add", *TINY_OVERRIDES, "hydra.run.dir=grokking_run", cwd=cwd, check=True)
+    lm = [*tiny_lm(corpus_dir, cwd / "cache"), "hydra.run.dir=lm_run"]
     run_cli(*lm, cwd=cwd, module="grokking.lm", check=True)
-    return {"grokking": cwd / "grokking", "lm": cwd / "lm"}
+    return {"grokking": cwd / "grokking_run", "lm": cwd / "lm_run"}
 
 
 def copy_run(tiny_runs, family: str, results: Path, name: str) -> Path:
