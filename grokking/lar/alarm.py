@@ -59,6 +59,7 @@ class Alarm:
 
     rule = ""
     needs: tuple[str, ...] = ()  # what `update` takes by keyword besides LAR
+    unit = "step"  # what the steps fed count (an epoch, for a trainer that feeds epochs)
 
     def __init__(self) -> None:
         self.fired_at: int | None = None
@@ -143,7 +144,7 @@ class GeneralizationAlarm(RiseAlarm):
             self.memorized_at = step
         if not super().update(step, lar):
             return False
-        self.reason += f", since memorization at step {self.memorized_at}"
+        self.reason += f", since memorization at {self.unit} {self.memorized_at}"
         return True
 
 

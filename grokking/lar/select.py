@@ -41,8 +41,11 @@ class Decision:
 class StopRule:
     """What every rule shares: the stopped state, the kept candidates, the state to resume."""
 
-    def __init__(self, alarm) -> None:
+    def __init__(self, alarm, unit: str = "step") -> None:
         self.alarm = alarm
+        self.unit = unit  # what the steps fed count: the reasons name it
+        if alarm is not None:
+            alarm.unit = unit
         self.stopped_at: int | None = None
         self.selected: int | None = None
         self.reason = ""
@@ -58,22 +61,31 @@ class StopRule:
         self.candidates = [c for c in self.candidates if c == selected]
         return Decision(drop=drop, stop=True)
 
+    def end(self, step: int, why: str) -> Decision:
+        """Training ended at `step` (its budget, `why`) before the rule stopped: the weights kept
+        are the last ones."""
+        kept = f"kept the last {self.unit} {step}"
+        return self._stop(step, step, f"{why} before the rule stopped; {kept}")
+
     def state_dict(self) -> dict:
-        """The rule's and its alarm's state, as JSON-able data."""
+        """The rule's and its alarm's state (a rule without one has None), as JSON-able data."""
         state = snapshot(self, skip=("alarm",))
-        state["alarm"] = self.alarm.state_dict()
+        state["alarm"] = None if self.alarm is None else self.alarm.state_dict()
         return state
 
     def load_state_dict(self, state: dict) -> None:
         state = dict(state)
-        self.alarm.load_state_dict(state.pop("alarm"))
+        alarm = state.pop("alarm")
+        if self.alarm is not None:
+            self.alarm.load_state_dict(alarm)
         restore(self, state)
 
 
 class OverfittingStop(StopRule):
     """Stops when `OverfittingAlarm(retreat, window, min_peak)` fires, at step T, and selects the
     last candidate at or before `keep` × T. Candidates are steps that are multiples of `every`
-    (e.g. the checkpoint interval), each ≥ `spacing` × the previous one."""
+    (e.g. the checkpoint interval), each ≥ `spacing` × the previous one. `unit`: what the steps
+    fed count, named in the reason."""
 
     def __init__(
         self,
@@ -83,11 +95,12 @@ class OverfittingStop(StopRule):
         retreat: float = 0.55,
         window: int = 50,
         min_peak: float = 0.55,
+        unit: str = "step",
     ):
         _require(0 < keep < 1, f"keep: must be in (0, 1), got {keep}")
         _require(spacing > 1, f"spacing: must be > 1, got {spacing}")
         _require(every >= 1, f"every: must be ≥ 1 step, got {every}")
-        super().__init__(OverfittingAlarm(retreat, window, min_peak))
+        super().__init__(OverfittingAlarm(retreat, window, min_peak), unit)
         self.keep, self.spacing, self.every = keep, spacing, every
 
     @property
@@ -97,6 +110,7 @@ class OverfittingStop(StopRule):
         return {
             "keep": self.keep, "spacing": self.spacing, "every": self.every,
             "retreat": alarm.retreat, "window": alarm.window, "min_peak": alarm.min_peak,
+            "unit": self.unit,
         }  # fmt: skip
 
     def update(self, step: int, lar: float) -> Decision:
@@ -129,22 +143,35 @@ class OverfittingStop(StopRule):
         else:
             selected = step
         reason = (
-            f"{self.alarm.reason} at step {step}; kept step {selected}, the last candidate at or "
-            f"before {self.keep:g} × {step}"
+            f"{self.alarm.reason} at {self.unit} {step}; kept {self.unit} {selected}, the last "
+            f"candidate at or before {self.keep:g} × {step}"
         )
         return self._stop(step, selected, reason)
 
 
 class GrokkingStop(StopRule):
     """Stops at the first value at or after (1 + `margin`) × the step at which
-    `GeneralizationAlarm(rise, memorized, patience)` fired; keeps the last weights."""
+    `GeneralizationAlarm(rise, memorized, patience)` fired; keeps the last weights. `unit`: what
+    the steps fed count, named in the reason."""
 
     def __init__(
-        self, margin: float = 0.1, rise: float = 0.06, memorized: float = 0.99, patience: int = 1
+        self,
+        margin: float = 0.1,
+        rise: float = 0.06,
+        memorized: float = 0.99,
+        patience: int = 1,
+        unit: str = "step",
     ):
         _require(margin >= 0, f"margin: must be ≥ 0, got {margin}")
-        super().__init__(GeneralizationAlarm(rise, memorized, patience))
+        super().__init__(GeneralizationAlarm(rise, memorized, patience), unit)
         self.margin = margin
+
+    @property
+    def due(self) -> int | None:
+        """The first step at which the rule stops, once the alarm has fired (None before): a
+        trainer that evaluates every k steps can evaluate there too."""
+        fired = self.alarm.fired_at
+        return None if fired is None else fired + math.ceil(self.margin * fired)
 
     def update(self, step: int, lar: float, *, train_acc: float) -> Decision:
         """Feed LAR and the training accuracy at `step`."""
@@ -152,11 +179,11 @@ class GrokkingStop(StopRule):
             return Decision()
         self.alarm.update(step, lar, train_acc=train_acc)
         fired = self.alarm.fired_at
-        if fired is None or step - fired < self.margin * fired:
+        if fired is None or step < self.due:
             return Decision()
         reason = (
-            f"generalization alarm at step {fired} ({self.alarm.reason}); stopped "
-            f"{self.margin:.0%} later, at step {step}"
+            f"generalization alarm at {self.unit} {fired} ({self.alarm.reason}); stopped "
+            f"{self.margin:.0%} later, at {self.unit} {step}"
         )
         return self._stop(step, step, reason)
 
