@@ -16,6 +16,7 @@ from grokking.algorithmic.tasks import TaskError, check_task, make_dataset, trai
 from grokking.lar.regularize import RegularizeConfig, check_regularize
 from grokking.runs import config as run_config
 from grokking.runs.config import MAX_SEED, RunConfig, require, validate_run
+from grokking.runs.stopping import StopKind
 
 
 class LarLayers(enum.Enum):
@@ -56,7 +57,10 @@ class TrainConfig(RunConfig):
     batch_size: int = 512
     eval_batch_size: int = 512  # rows per no-grad forward pass (512 measured fastest on CPU)
     max_epochs: int = 50_000
-    stop_factor: float = 3.0  # stop at stop_factor × grokking epoch
+    # validation: at stop_factor × the grokking epoch; lar: GrokkingStop (no validation data);
+    # none: at max_epochs. Validation is measured and recorded under each (docs/method.md §5)
+    stop: StopKind = StopKind.validation
+    stop_factor: float = 3.0  # stop at stop_factor × grokking epoch (stop=validation)
     memorization_threshold: float = 0.99  # train accuracy that counts as memorized
     grokking_threshold: float = 0.99  # validation accuracy that counts as grokked
     lar_layers: LarLayers = LarLayers.all

@@ -1,5 +1,7 @@
-"""What a result means for a grokking run: its events (memorization, grokking), its stop rule,
-what its resume point holds beyond the shared record, and its summary fields."""
+"""What a result means for a grokking run: its events (memorization, grokking), its stop (the
+config's `stop`: at stop_factor × the grokking epoch validation measured, at `GrokkingStop` fed
+LAR and the training accuracy, or at the budget), what its resume point holds beyond the shared
+record, and its summary fields."""
 
 from __future__ import annotations
 
@@ -12,7 +14,9 @@ from grokking.algorithmic.config import TrainConfig
 from grokking.algorithmic.model import Transformer
 from grokking.algorithmic.tasks import make_dataset, train_size
 from grokking.lar import SPECTRAL_SUMMARY
+from grokking.lar.select import GrokkingStop
 from grokking.runs.record import RunRecord
+from grokking.runs.stopping import StopKind
 
 # The model checkpoints a grokking run keeps (besides last.pt, its resume point): its events' and
 # the final one, in the order they happen; what the analysis measures.
@@ -41,8 +45,11 @@ class Events:
 
 
 def stop_reason(epoch: int, events: Events, cfg: TrainConfig) -> str | None:
-    """Why training stops after this evaluation, or None to go on."""
-    if events.grokking_epoch is not None and epoch >= cfg.stop_factor * events.grokking_epoch:
+    """Why training stops after this evaluation, or None to go on: with `stop=validation`, at
+    stop_factor × the grokking epoch; under every stop, at the budget."""
+    grokked = events.grokking_epoch
+    validated = cfg.stop == StopKind.validation and grokked is not None
+    if validated and epoch >= cfg.stop_factor * grokked:
         return f"reached {cfg.stop_factor:g} x the grokking epoch"
     if epoch >= cfg.max_epochs:
         return "reached max_epochs"
@@ -112,6 +119,14 @@ class GrokkingRecord(RunRecord):
             return "no batch-order state"
         return None
 
+    def stop_rule(self) -> GrokkingStop | None:
+        """`stop=lar`: the generalization alarm's stop, fed each evaluation's LAR (the
+        unembedding's, on the training set) and training accuracy, in epochs; armed at the
+        accuracy that counts as memorized (`memorization_threshold`)."""
+        if self.cfg.stop != StopKind.lar:
+            return None
+        return GrokkingStop(memorized=self.cfg.memorization_threshold, unit=self.UNIT)
+
     def restore(self, saved: dict) -> None:
         self.events = Events(**saved["events"])
 
@@ -133,16 +148,24 @@ class GrokkingRecord(RunRecord):
                 f"(train_acc {row['train_acc']:.3f}, val_acc {row['val_acc']:.3f})"
             )
             self.run_dir.save_checkpoint(kind, self.model_checkpoint(model_state()))
+        rule = self.selection.rule
+        if rule is not None:
+            self.decide(rule.update(epoch, row["lar"], train_acc=row["train_acc"]), model_state)
 
     def stop_reason(self) -> str | None:
+        if self.selection.stopping:
+            return self.selection.rule.reason
         return stop_reason(self.clock.unit, self.events, self.cfg)
 
     def expected_units(self) -> int:
-        """The epoch training will stop at, as far as known: the budget, until the run groks."""
-        grokked = self.events.grokking_epoch
-        if grokked is None:
-            return self.cfg.max_epochs
-        return min(self.cfg.max_epochs, math.ceil(self.cfg.stop_factor * grokked))
+        """The epoch training will stop at, as far as known: the budget, until the run groks
+        (`stop=validation`) or the generalization alarm has fired (`stop=lar`)."""
+        cfg, grokked = self.cfg, self.events.grokking_epoch
+        if cfg.stop == StopKind.validation and grokked is not None:
+            return min(cfg.max_epochs, math.ceil(cfg.stop_factor * grokked))
+        if cfg.stop == StopKind.lar and self.selection.rule.due is not None:
+            return min(cfg.max_epochs, self.selection.rule.due)
+        return cfg.max_epochs
 
     def finish(self, reason: str, member_state: dict) -> None:
         super().finish(reason, member_state)

@@ -1,6 +1,8 @@
 """What a result means for a language-model run: a metrics row at every step (training loss, the
 unembedding's LAR, rate, gradient norm) that an evaluation completes with its validation loss and
-spectral summary; the stop at the token budget; and the data's provenance in summary.json."""
+spectral summary; the stop (the config's `stop`: at the token budget, by early stopping on the
+validation loss, or by `OverfittingStop` fed each step's LAR); and the data's provenance in
+summary.json."""
 
 from __future__ import annotations
 
@@ -10,17 +12,20 @@ import math
 import torch
 
 from grokking.lar import SPECTRAL_SUMMARY
+from grokking.lar.select import OverfittingStop
 from grokking.lm.config import LMConfig, OptimizerName
 from grokking.lm.data import Dataset, dataset
 from grokking.lm.model import build_model
 from grokking.lm.optim import resolve_orthogonalize_dtype
 from grokking.runs.record import RunRecord
+from grokking.runs.stopping import StopKind, StopRule, ValidationStop
 
 # The hashes of the data a run reads (lm.data), kept in last.pt and checked on resume.
 DATA_HASHES = {
     "train_hash": ("trained", "training-set"),
     "val_hash": ("was validated", "validation-set"),
 }
+PATIENCE = 3  # evaluations without a better validation loss before stop=validation stops
 
 
 class LMRecord(RunRecord):
@@ -80,6 +85,16 @@ class LMRecord(RunRecord):
         super().start()
         self.log_orthogonalization()
 
+    def stop_rule(self) -> StopRule | None:
+        """`stop=validation`: early stopping on the validation loss (`PATIENCE` evaluations);
+        `stop=lar`: `OverfittingStop` fed the LAR of every step, as it was tuned, its candidates
+        the evaluated steps."""
+        if self.cfg.stop == StopKind.validation:
+            return ValidationStop(PATIENCE)
+        if self.cfg.stop == StopKind.lar:
+            return OverfittingStop(every=self.cfg.eval_every)
+        return None
+
     def family_state(self) -> dict:
         return {
             **{key: self.data.meta[key] for key in DATA_HASHES},
@@ -103,8 +118,8 @@ class LMRecord(RunRecord):
                 )
         return None
 
-    def after_unit(self, result: dict) -> None:
-        super().after_unit(result)
+    def after_unit(self, result: dict, model_state) -> None:
+        super().after_unit(result, model_state)
         step = self.clock.step
         tokens = step * self.cfg.tokens_per_step
         row = {
@@ -119,6 +134,13 @@ class LMRecord(RunRecord):
         }
         self.metrics.append(row)
         self.send(row, [])  # the loggers see every step, not only evaluations
+        if self.cfg.stop == StopKind.lar and self.active:
+            self.decide(self.selection.rule.update(step, result["lar"]), model_state)
+
+    def on_evaluation(self, row: dict, model_state) -> None:
+        if self.cfg.stop == StopKind.validation:
+            rule = self.selection.rule
+            self.decide(rule.update(self.clock.step, row["val_loss"]), model_state)
 
     def add_row(self, row: dict) -> None:
         """An evaluation completes the row of its step (at step 0 it is the first row)."""
@@ -136,6 +158,8 @@ class LMRecord(RunRecord):
         )
 
     def stop_reason(self) -> str | None:
+        if self.selection.stopping:
+            return self.selection.rule.reason
         if self.clock.unit >= self.cfg.max_steps:
             return f"reached the token budget ({self.cfg.token_budget} tokens)"
         return None

@@ -25,6 +25,7 @@ from omegaconf.errors import (
 )
 
 from grokking.runs.loggers import LoggerConfig, validate_logger
+from grokking.runs.stopping import StopKind
 
 MAX_SEED = 2**63 - 1  # torch.manual_seed and torch.Generator take up to 64 bits
 
@@ -41,6 +42,9 @@ class RunConfig:
     """The run machinery's settings, at the end of every family's schema."""
 
     seed: int = 0
+    # what ends a run before its budget (docs/method.md §5): validation (each family says how),
+    # lar (a validation-free rule, grokking.lar.select) or none; a family sets its default
+    stop: StopKind = StopKind.none
     eval_every: int = 20  # units (epochs, steps) between evaluations
     checkpoint_every: int = 0  # keep checkpoints/<unit>_N.pt every N units; 0: off
     save_every_s: float = 60.0  # seconds between resume points (last.pt, tables); 0: each eval
@@ -67,6 +71,10 @@ def require(ok: bool, message: str) -> None:
 def validate_run(cfg: RunConfig) -> None:
     """Refuse a bad value of the run machinery's settings (ConfigError naming the field)."""
     require(0 <= cfg.seed <= MAX_SEED, f"seed: must be an integer in [0, 2^63), got {cfg.seed}")
+    require(
+        isinstance(cfg.stop, StopKind),
+        f"stop: must be one of {', '.join(kind.name for kind in StopKind)}, got {cfg.stop!r}",
+    )
     require(cfg.eval_every >= 1, f"eval_every: must be an integer ≥ 1, got {cfg.eval_every}")
     require(
         cfg.checkpoint_every >= 0,

@@ -160,7 +160,7 @@ def _train_together(engine: Engine, records: list[RunRecord], saved: list[dict |
             clock.unit, clock.step = clock.unit + 1, engine.step
             bar.update(1)
             for index, (record, result) in enumerate(zip(records, results, strict=True)):
-                record.after_unit(result)
+                record.after_unit(result, lambda i=index: engine.model_state(i))
                 if record.checkpoint_due():
                     record.save_unit_checkpoint(engine.model_state(index))
             _evaluate(engine, [r for r in records if r.active and r.evaluation_due()], records)

@@ -28,6 +28,7 @@ from grokking.runs.rundir import (
     DamagedCheckpoint,
     RunDir,
 )
+from grokking.runs.stopping import Selection, StopRule
 
 log = logging.getLogger("grokking")
 
@@ -104,6 +105,7 @@ class RunRecord:
         self.files = files or {}  # {path in the run folder: text}, e.g. Hydra's .hydra/ files
         self.run_dir = RunDir(run_dir)
         self.label = self.run_dir.path.name  # names the run on a console shared with others
+        self.selection = Selection(cfg.stop, self.stop_rule(), self.run_dir, self.UNIT)
         self.device = device
         self.clock = Clock()
         self.evaluations_on_console = True  # False while a progress bar shows them
@@ -132,6 +134,11 @@ class RunRecord:
     def family_state(self) -> dict:
         """The family's own state, saved in every resume point."""
         return {}
+
+    def stop_rule(self) -> StopRule | None:
+        """The rule behind the config's `stop`, which the family's hooks feed (`decide`); None
+        when the family's own test (`stop_reason`) or the budget alone ends the run."""
+        return None
 
     def on_evaluation(self, row: dict, model_state) -> None:
         """An evaluation's row was noted: fire the family's events (`model_state()` gives the
@@ -191,7 +198,7 @@ class RunRecord:
         path = self.run_dir.checkpoint_path("last")
         fields = self.RESUME_FIELDS | {self.UNIT: int}
         problem = resume_point_problem(saved, fields, self.model_shapes())
-        problem = problem or self.family_problem(saved)
+        problem = problem or self.family_problem(saved) or self.selection.problem(saved)
         if problem:
             raise DamagedCheckpoint(
                 f"{path} is not a resume point of this run ({problem}): move it aside to restart "
@@ -204,6 +211,7 @@ class RunRecord:
         self._wall_before_s = saved["wall_s"]
         self.metrics, self.matrix_lar = saved["metrics"], saved["matrix_lar"]
         self.regularized_from = saved.get("regularized_from")  # absent: saved before the option
+        self.selection.load_state_dict(saved.get("stop_rule"))
         self.restore(saved)
         self.log(f"resuming {self.run_dir.path} from {self.UNIT} {self.clock.unit}")
         return saved
@@ -219,15 +227,22 @@ class RunRecord:
         self.write_summary(RUNNING)
 
     # --- each unit and each evaluation ----------------------------------------------------------
-    def after_unit(self, result: dict) -> None:
-        """The engine trained one unit (`result` holds its summed `loss`): a loss that is not
-        finite fails the run."""
+    def after_unit(self, result: dict, model_state) -> None:
+        """The engine trained one unit (`result` holds its summed `loss`; `model_state()` gives
+        the weights): a loss that is not finite fails the run."""
         if not math.isfinite(result["loss"]):
             self.fail(f"loss is {result['loss']} at {self.UNIT} {self.clock.unit}")
 
     def evaluation_due(self) -> bool:
+        """At every `eval_every` units, at the last one, and where a stop rule fed between
+        evaluations stopped the run."""
         unit = self.clock.unit
-        return unit % self.cfg.eval_every == 0 or unit >= self.expected_units()
+        due = unit % self.cfg.eval_every == 0 or unit >= self.expected_units()
+        return due or self.selection.stopping
+
+    def decide(self, decision, model_state) -> None:
+        """Carry out the stop rule's `decision` at this unit (`model_state()`: its weights)."""
+        self.selection.apply(decision, self.clock.unit, self.clock.step, model_state)
 
     def record(self, result: dict, model_state) -> str | None:
         """Note one evaluation (an entry of the engine's `evaluate`); the family fires its events
@@ -299,16 +314,21 @@ class RunRecord:
                 "metrics": self.metrics,
                 "matrix_lar": self.matrix_lar,
                 "regularized_from": self.regularized_from,
+                "stop_rule": self.selection.state_dict(),
                 "config": to_dict(self.cfg),
             },
         )
+        self.selection.after_resume_point()
         self.write_summary(RUNNING)
 
     def finish(self, reason: str, member_state: dict) -> None:
+        self.selection.end(self.clock.unit, reason)
         self.save_last(member_state)
-        self.log(f"stopping at {self.UNIT} {self.clock.unit}: {reason}")
+        self.log(f"stopping at {self.UNIT} {self.clock.unit}: {self.selection.reason}")
         self.run_dir.save_checkpoint("final", self.model_checkpoint(member_state["model"]))
+        self.selection.write_selected(self.clock.unit, self.clock.step, member_state["model"])
         self.write_summary(COMPLETED, stop_reason=reason)
+        self.selection.after_completion()
 
     def fail(self, message: str) -> None:
         """Status failed, when the folder can still be written (not on a full disk)."""
@@ -340,6 +360,7 @@ class RunRecord:
             {"status": status, "family": self.family}
             | self.summary_fields()
             | {
+                "stop": self.selection.fields(),
                 "seed": self.cfg.seed,
                 "sweep_name": self.cfg.sweep_name,
                 f"final_{self.UNIT}": self.clock.unit,

@@ -11,7 +11,9 @@ through it: the format lives here and nowhere else.
                               names its own
       checkpoints/
         NAME.pt               {"model": state_dict, <unit>: int, "step": int}: final.pt at the
-                              last unit trained, and those the family's record keeps
+                              last unit trained, and those the family's record keeps;
+                              selected.pt the weights a stop rule chose (runs/stopping.py),
+                              candidate_<unit>_N.pt those it may still choose
         last.pt               everything needed to resume (see runs/loop.py)
       .lock                   held (flock) by the one process that trains the run
 
@@ -396,6 +398,16 @@ class RunDir:
     # --- checkpoints ---------------------------------------------------------------------
     def save_checkpoint(self, name: str, state: dict[str, Any]) -> None:
         atomic_write(self.checkpoint_path(name), lambda tmp: torch.save(state, tmp))
+
+    def checkpoint_names(self, prefix: str) -> list[str]:
+        """The names of the checkpoints whose names start with `prefix`, sorted."""
+        return sorted(path.stem for path in self.checkpoint_dir.glob(f"{prefix}*.pt"))
+
+    def remove_checkpoint(self, name: str) -> None:
+        path = self.checkpoint_path(name)
+        path.unlink(missing_ok=True)
+        if self.checkpoint_dir.exists():
+            _fsync(self.checkpoint_dir)  # gone for good, like a write (atomic_write)
 
     def has_checkpoint(self, name: str) -> bool:
         """Whether anything stands at the checkpoint's path (loading a damaged one says what)."""
