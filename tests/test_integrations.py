@@ -4,6 +4,7 @@ log history and TensorBoard, equal to lar() on the step's inputs) and the Lightn
 warning and stop; LAR early stopping in both: it stops, restores the selected weights, and keeps
 its state across a resume."""
 
+import json
 import warnings
 from pathlib import Path
 
@@ -185,6 +186,62 @@ def test_hf_alarm_flags_the_logs_warns_once_and_can_stop_training(tmp_path):
     assert flags == {2: 1.0}
     assert trainer.state.global_step == 2
     assert tensorboard_scalars(tmp_path / "hf", "train/lar_alarm") == {2: 1.0}
+
+
+class FiresAfter(Alarm):
+    """An alarm fed LAR alone that fires at the `values`-th value it is fed: what it has seen is
+    its state, which a resumed training must keep to fire at the same step."""
+
+    rule = "count"
+
+    def __init__(self, values: int):
+        super().__init__()
+        self.values, self.seen = values, 0
+
+    def update(self, step, lar):
+        self.seen += 1
+        return self.seen == self.values and self._fire(step, f"{self.values} values")
+
+
+def hf_alarm_train(tmp_path, max_steps=10, resume=None, save_steps=None):
+    """A Trainer with no eval_dataset whose LARCallback stops at its alarm: `FiresAfter(6)`."""
+    from grokking.integrations.huggingface import LARCallback
+
+    model = tiny_gpt2()
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "hf"), per_device_train_batch_size=4, max_steps=max_steps,
+        lr_scheduler_type="constant", use_cpu=True, report_to="none", disable_tqdm=True,
+        save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500,
+        restore_callback_states_from_checkpoint=True,
+    )  # fmt: skip
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=token_data())
+    LARCallback(alarm=FiresAfter(6), stop_on_alarm=True).attach(trainer)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the alarm's warning
+        trainer.train(resume_from_checkpoint=resume)
+    (callback,) = [c for c in trainer.callback_handler.callbacks if isinstance(c, LARCallback)]
+    return trainer, callback
+
+
+def test_hf_alarm_keeps_its_state_in_the_checkpoints_and_a_resumed_run_stops_where_it_did(
+    tmp_path,
+):
+    whole, _ = hf_alarm_train(tmp_path / "whole")
+    assert whole.state.global_step == 6
+    hf_alarm_train(tmp_path, max_steps=4, save_steps=4)
+    checkpoint = tmp_path / "hf" / "checkpoint-4"
+    stored = json.loads((checkpoint / "trainer_state.json").read_text())
+    saved = stored["stateful_callbacks"]["LARCallback"]
+    assert saved["args"]["alarm"] == {"class": f"{__name__}:FiresAfter", "args": {"values": 6}}
+    assert saved["attributes"]["alarm_state"]["seen"] == 4
+    trainer, callback = hf_alarm_train(tmp_path, resume=str(checkpoint))
+    assert isinstance(callback.watch.alarm, FiresAfter) and callback.watch.alarm.seen == 6
+    assert trainer.state.global_step == 6  # not 10: the alarm was not re-armed
+    # a checkpoint taken once it fired: the resumed training stops at its first step
+    hf_alarm_train(tmp_path / "late", max_steps=6, save_steps=6)
+    late = tmp_path / "late" / "hf" / "checkpoint-6"
+    trainer, callback = hf_alarm_train(tmp_path / "late", resume=str(late))
+    assert callback.watch.alarm.fired_at == 6 and trainer.state.global_step == 7
 
 
 def test_every_linear_hooks_the_watched_layer_once():

@@ -13,6 +13,10 @@ What reaches the logs: at each logging step (`logging_steps`), `lar` is the mean
 optimizer steps since the last log (as `loss` is the mean loss), `lar_alarm` is 1 from the step
 the alarm fires on, and `lar/<layer>` each dense layer's mean LAR with `every_linear=True`. They
 go into `trainer.state.log_history` and to every reporter of `report_to` (TensorBoard, W&B, …).
+
+The alarm's state is in each checkpoint's trainer_state.json (`ExportableState`): a training
+resumed with `TrainingArguments(restore_callback_states_from_checkpoint=True)` goes on with the
+alarm where it was (one that fired stays fired) rather than re-arming it.
 """
 
 from __future__ import annotations
@@ -34,14 +38,14 @@ from grokking.integrations.watch import (
     Stopper,
     finite_mean,
 )
-from grokking.lar.alarm import Alarm
+from grokking.lar.alarm import Alarm, describe_alarm
 from grokking.lar.select import OverfittingStop
 
 if TYPE_CHECKING:  # importing the Trainer takes seconds; a callback needs it only to be typed
     from transformers import Trainer
 
 
-class LARCallback(TrainerCallback):
+class LARCallback(TrainerCallback, ExportableState):
     """`module`: the qualified name of the layer to watch (default: the model's
     `get_output_embeddings()`, else its last nn.Linear or Conv1D); `every_linear`: log every
     dense layer's LAR too; `alarm`: True (the overfitting alarm at its defaults), False, or an
@@ -106,11 +110,33 @@ class LARCallback(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         self.watch.remove()
 
+    @property
+    def alarm_state(self) -> dict | None:
+        return None if self.watch.alarm is None else self.watch.alarm.state_dict()
+
+    @alarm_state.setter
+    def alarm_state(self, state: dict | None) -> None:  # the Trainer restores it by setattr
+        if self.watch.alarm is not None and state is not None:
+            self.watch.alarm.load_state_dict(state)
+
+    def state(self) -> dict:
+        """What the Trainer writes to a checkpoint's trainer_state.json: the arguments that make
+        this callback again (its alarm as `describe_alarm` describes it) and the alarm's state."""
+        alarm = self.watch.alarm
+        return {
+            "args": {
+                "module": self.watch.module_name, "every_linear": self.watch.every_linear,
+                "alarm": False if alarm is None else describe_alarm(alarm),
+                "stop_on_alarm": self.stop_on_alarm,
+            },
+            "attributes": {"alarm_state": self.alarm_state},
+        }  # fmt: skip
+
 
 CANDIDATES_FILE = "lar_candidates.pt"  # in each checkpoint folder: the candidates' weights
 
 
-class LAREarlyStopping(LARCallback, ExportableState):
+class LAREarlyStopping(LARCallback):
     """Early stopping without an evaluation dataset: LAR of the watched layer (logged as
     `LARCallback` logs it) feeds `OverfittingStop(**rule)` (grokking.lar.select); training stops
     (`control.should_training_stop`) `patience` steps after the rule does, and at the end of

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from grokking.lar import LARProbe, ProbeSet, probed_matrix
-from grokking.lar.alarm import Alarm, OverfittingAlarm
+from grokking.lar.alarm import Alarm, OverfittingAlarm, rebuild_alarm
 from grokking.lar.select import OverfittingStop
 
 log = logging.getLogger("grokking.integrations")
@@ -47,14 +47,22 @@ def find_layer(model: nn.Module, name: str | None = None) -> tuple[str, nn.Modul
     return layers[-1]
 
 
-def _alarm(alarm: Alarm | bool) -> Alarm | None:
-    """True: the overfitting alarm at its defaults; False: none; an alarm: that one. An alarm
-    that needs more than LAR (the generalization alarm reads training accuracy, which a trainer
-    does not hand its callbacks) is refused here, before training starts."""
+def _alarm(alarm: Alarm | bool | dict | None) -> Alarm | None:
+    """True: the overfitting alarm at its defaults; False: none; an alarm: that one; a dict: the
+    alarm `describe_alarm` described (in a trainer's checkpoint); None: one it could not describe.
+    An alarm that needs more than LAR (the generalization alarm reads training accuracy, which a
+    trainer does not hand its callbacks) is refused here, before training starts."""
     if alarm is True:
         return OverfittingAlarm()
     if alarm is False:
         return None
+    if alarm is None:
+        raise ValueError(
+            "alarm: the checkpoint could not describe its callback's alarm (give an alarm's "
+            "constructor arguments attributes of the same names to keep it across a resume)"
+        )
+    if isinstance(alarm, dict):
+        alarm = rebuild_alarm(alarm)
     if not isinstance(alarm, Alarm) or alarm.needs:
         raise ValueError(
             f"alarm: must be True, False or an alarm fed LAR alone (OverfittingAlarm, "

@@ -24,7 +24,9 @@ The defaults were tuned on some runs and scored on others (docs/results.md, "The
 
 from __future__ import annotations
 
+import inspect
 import math
+import sys
 from collections import deque
 
 import numpy as np
@@ -243,3 +245,29 @@ def first_firing(alarm: Alarm, steps, lars, **signals) -> int | None:
         if alarm.update(int(step), float(value), **{name: signals[name][i] for name in names}):
             return alarm.fired_at
     return None
+
+
+def describe_alarm(alarm: Alarm) -> dict | None:
+    """How to make `alarm` afresh, as JSON-able data (a trainer's checkpoint keeps it): its class
+    and its constructor's arguments, read back from its attributes of the same names; None when
+    one is not an attribute (a subclass that renames them) or the class is local to a function."""
+    cls = type(alarm)
+    names = inspect.signature(cls).parameters
+    if "<locals>" in cls.__qualname__ or not all(hasattr(alarm, name) for name in names):
+        return None
+    arguments = {name: getattr(alarm, name) for name in names}
+    return {"class": f"{cls.__module__}:{cls.__qualname__}", "args": arguments}
+
+
+def rebuild_alarm(description: dict) -> Alarm:
+    """A fresh alarm made as `describe_alarm`'s data says. Its class must be an `Alarm` of a module
+    already imported: nothing is imported on a file's say."""
+    module, _, name = description["class"].partition(":")
+    cls = sys.modules.get(module)
+    for part in name.split("."):
+        cls = getattr(cls, part, None)
+    _require(
+        isinstance(cls, type) and issubclass(cls, Alarm),
+        f"alarm: {description['class']} is not an alarm class of an imported module",
+    )
+    return cls(**description["args"])
