@@ -203,17 +203,24 @@ class FiresAfter(Alarm):
         return self.seen == self.values and self._fire(step, f"{self.values} values")
 
 
-def hf_alarm_train(tmp_path, max_steps=10, resume=None, save_steps=None):
-    """A Trainer with no eval_dataset whose LARCallback stops at its alarm: `FiresAfter(6)`."""
-    from grokking.integrations.huggingface import LARCallback
-
-    model = tiny_gpt2()
-    args = transformers.TrainingArguments(
+def resumable_args(tmp_path, max_steps: int, save_steps: int | None):
+    """TrainingArguments of a Trainer with no eval_dataset and a constant learning rate (a
+    resumed run's schedule does not depend on max_steps) that saves every `save_steps` steps
+    (None: never) and restores its callbacks' states from the checkpoint it resumes from."""
+    return transformers.TrainingArguments(
         output_dir=str(tmp_path / "hf"), per_device_train_batch_size=4, max_steps=max_steps,
         lr_scheduler_type="constant", use_cpu=True, report_to="none", disable_tqdm=True,
         save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500,
         restore_callback_states_from_checkpoint=True,
     )  # fmt: skip
+
+
+def hf_alarm_train(tmp_path, max_steps=10, resume=None, save_steps=None):
+    """A Trainer (`resumable_args`) whose LARCallback stops at its alarm, `FiresAfter(6)`."""
+    from grokking.integrations.huggingface import LARCallback
+
+    model = tiny_gpt2()
+    args = resumable_args(tmp_path, max_steps, save_steps)
     trainer = transformers.Trainer(model=model, args=args, train_dataset=token_data())
     LARCallback(alarm=FiresAfter(6), stop_on_alarm=True).attach(trainer)
     with warnings.catch_warnings():
@@ -516,16 +523,10 @@ def hf_stopper():
 
 
 def hf_stop_train(tmp_path, max_steps=40, resume=None, save_steps=None):
-    """A Trainer with no eval_dataset, a constant learning rate (a resumed run's schedule does
-    not depend on max_steps) and a scripted stopper."""
+    """A Trainer (`resumable_args`) with a scripted stopper."""
     model = tiny_gpt2()
     stopper, recorder = hf_stopper()
-    args = transformers.TrainingArguments(
-        output_dir=str(tmp_path / "hf"), per_device_train_batch_size=4, max_steps=max_steps,
-        lr_scheduler_type="constant", use_cpu=True, report_to="none", disable_tqdm=True,
-        save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500,
-        restore_callback_states_from_checkpoint=True,
-    )  # fmt: skip
+    args = resumable_args(tmp_path, max_steps, save_steps)
     trainer = transformers.Trainer(model=model, args=args, train_dataset=token_data(),
                                    callbacks=[recorder])  # fmt: skip
     stopper.attach(trainer)

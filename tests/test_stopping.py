@@ -17,7 +17,8 @@ from grokking.algorithmic.record import Events, stop_reason
 from grokking.lar.select import Decision, OverfittingStop
 from grokking.lm import record as lm_record
 from grokking.runs.config import ConfigError, validate_run
-from grokking.runs.rundir import RunDir
+from grokking.runs.record import RunRecord
+from grokking.runs.rundir import COMPLETED, RunDir
 from grokking.runs.stopping import Selection, StopKind, ValidationStop
 
 
@@ -159,6 +160,27 @@ def test_stop_none_trains_a_grokking_run_to_max_epochs_and_says_so(tmp_path):
         "kind": "none", "stopped_epoch": 10, "selected_epoch": 10, "reason": "reached max_epochs",
     }  # fmt: skip
     assert not RunDir(tmp_path).has_checkpoint("selected")
+
+
+def test_a_run_killed_as_it_completes_resumes_to_the_same_stop(tmp_path, monkeypatch):
+    """Killed after its last resume point (the rule settled at the budget) but before its
+    summary says completed: the resumed run ends as the uninterrupted one did."""
+    cfg = tiny_config(max_epochs=10, stop=StopKind.lar)
+    whole = train(cfg, tmp_path / "whole")
+    write_summary = RunRecord.write_summary
+
+    def killed_at_completion(self, status, **extra):
+        if status == COMPLETED:
+            raise SystemExit(137)
+        return write_summary(self, status, **extra)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(RunRecord, "write_summary", killed_at_completion)
+        with pytest.raises(SystemExit):
+            train(cfg, tmp_path / "killed")
+    resumed = train(cfg, tmp_path / "killed")
+    assert resumed["stop_reason"] == whole["stop_reason"] == "reached max_epochs"
+    assert resumed["stop"] == whole["stop"]
 
 
 @pytest.mark.parametrize("stop", ["lar", "validation"])

@@ -153,9 +153,10 @@ class GrokkingRecord(RunRecord):
             self.decide(rule.update(epoch, row["lar"], train_acc=row["train_acc"]), model_state)
 
     def stop_reason(self) -> str | None:
-        if self.selection.stopping:
-            return self.selection.rule.reason
-        return stop_reason(self.clock.unit, self.events, self.cfg)
+        """Why the run stops here: the budget or stop_factor first, then a rule that stopped it
+        (a rule settled at the budget, `StopRule.end`, gives the budget's reason on resume too)."""
+        reason = stop_reason(self.clock.unit, self.events, self.cfg)
+        return reason or (self.selection.rule.reason if self.selection.stopping else None)
 
     def expected_units(self) -> int:
         """The epoch training will stop at, as far as known: the budget, until the run groks

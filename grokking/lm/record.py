@@ -158,11 +158,11 @@ class LMRecord(RunRecord):
         )
 
     def stop_reason(self) -> str | None:
-        if self.selection.stopping:
-            return self.selection.rule.reason
+        """The budget first: a rule settled at the budget (`StopRule.end`, saved in last.pt before
+        the run completed) gives the same reason after a resume."""
         if self.clock.unit >= self.cfg.max_steps:
             return f"reached the token budget ({self.cfg.token_budget} tokens)"
-        return None
+        return self.selection.rule.reason if self.selection.stopping else None
 
     def expected_units(self) -> int:
         return self.cfg.max_steps
