@@ -62,6 +62,14 @@ def _refuse_other_config(stored: dict, cfg: RunConfig, where: Path) -> None:
         )
 
 
+def _refuse_damaged(path: Path, problem: str | None) -> None:
+    if problem:
+        raise DamagedCheckpoint(
+            f"{path} is not a resume point of this run ({problem}): move it aside to restart the "
+            "run from scratch"
+        )
+
+
 def resume_point_problem(saved: dict, fields: dict, shapes: dict[str, torch.Size]) -> str | None:
     """What keeps `saved` from being a resume point holding `fields` ({name: type}) and a model
     of `shapes`, or None."""
@@ -198,13 +206,10 @@ class RunRecord:
         path = self.run_dir.checkpoint_path("last")
         fields = self.RESUME_FIELDS | {self.UNIT: int}
         problem = resume_point_problem(saved, fields, self.model_shapes())
-        problem = problem or self.family_problem(saved) or self.selection.problem(saved)
-        if problem:
-            raise DamagedCheckpoint(
-                f"{path} is not a resume point of this run ({problem}): move it aside to restart "
-                "the run from scratch"
-            )
+        _refuse_damaged(path, problem or self.family_problem(saved))
         _refuse_other_config(saved["config"], self.cfg, path)
+        # after the config: a last.pt of another `stop` is refused as another config, not damaged
+        _refuse_damaged(path, self.selection.problem(saved))
         if saved["step"] == 0:  # saved at initialisation: starting afresh redoes it exactly
             return None
         self.clock = Clock(saved[self.UNIT], saved["step"])
