@@ -162,6 +162,10 @@ def test_runtime_fields_do_not_count_as_config_changes():
     stored = to_dict(tiny_config())
     assert config_differences(stored, tiny_config(threads=2, device="cpu")) == []
     assert config_differences(stored, tiny_config(seed=3)) == ["seed: 0 -> 3", "split_seed: 0 -> 3"]
+    # A run of a version without `stop` (or `regularize`) ran as their defaults do.
+    older = {k: v for k, v in stored.items() if k not in ("stop", "regularize")}
+    assert config_differences(older, tiny_config()) == []
+    assert config_differences(older, tiny_config(stop="none")) == ["stop: 'validation' -> 'none'"]
 
 
 # --- the command line -------------------------------------------------------------------------

@@ -197,8 +197,11 @@ def _allowed_values(schema: type, key: str) -> str:
 
 
 def config_differences(stored: dict, cfg: RunConfig) -> list[str]:
-    """'field: stored -> current' for every field that changes what a run computes."""
-    old, new = _flat(stored), _flat(to_dict(cfg))
+    """'field: stored -> current' for every field that changes what a run computes. A field the
+    stored config lacks (a run of a version before the field existed) ran as its default does, so
+    it differs only where the current value is not the default."""
+    defaults = _flat(OmegaConf.to_container(OmegaConf.structured(type(cfg)), enum_to_str=True))
+    old, new = defaults | _flat(stored), _flat(to_dict(cfg))
     return [
         f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
         for key in sorted(old.keys() | new.keys())
