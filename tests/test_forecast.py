@@ -120,6 +120,20 @@ def test_forecast_separates_runs_that_grok_from_runs_that_do_not():
     assert "weight norm @ 50%" in wide.columns
 
 
+def test_the_reference_scores_each_run_by_the_grokking_rate_of_the_other_conditions():
+    runs, metrics, checkpoints = tiny_sweep()
+    scored = forecast.forecast(runs, metrics, checkpoints, pd.DataFrame(), fractions=[0.5])
+    reference = scored[scored["family"] == "no signal"].set_index("run")
+    # A held out: B and C grok 1 in 4; B held out: A and C, 3 in 4; C held out: A and B, 2 in 4
+    assert list(reference["score"]) == [0.25, 0.25, 0.75, 0.75, 0.5, 0.5]
+    # grokking a0, a1 (0.25), c0 (0.5) against b0, b1 (0.75), c1 (0.5): one tie in 9 pairs
+    table = forecast.summary(scored).set_index("signal")
+    assert table.loc["no signal", "auroc"] == pytest.approx(0.5 / 9)
+    # the epoch: C's one grokking run (70) for A's; A's geometric mean for C's
+    epochs = reference.loc[["a0", "c0"], "predicted_epoch"]
+    assert list(epochs) == pytest.approx([70, math.sqrt(90 * 80)])
+
+
 def test_a_run_that_grokked_within_the_window_is_not_forecast():
     runs, metrics, checkpoints = tiny_sweep()
     runs.loc[runs["run"] == "c0", "grokking_epoch"] = 40
@@ -131,7 +145,7 @@ def test_a_family_without_its_signal_is_not_forecast():
     runs, metrics, _ = tiny_sweep()
     no_checkpoints = pd.DataFrame(columns=["run", "epoch"])
     scored = forecast.forecast(runs, metrics, no_checkpoints, pd.DataFrame(), fractions=[0.5])
-    assert set(scored["family"]) == {"LAR", "training loss"}
+    assert set(scored["family"]) == {"LAR", "training loss", "no signal"}
 
 
 def test_a_fraction_outside_the_budget_is_refused_by_name():

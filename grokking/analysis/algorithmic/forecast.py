@@ -1,13 +1,17 @@
 """An early forecast of whether a grokking run will grok within its budget, and when, read from
 the first `FRACTIONS` of the budget (`max_epochs`) only: the evaluations and checkpoints at epochs
-≤ fraction × budget. Five signal families, each its own forecast (`FAMILIES`):
+≤ fraction × budget. Five signal families, each its own forecast (`FAMILIES`), and a reference:
 
 - "LAR": the unembedding's LAR at each evaluation;
 - "LAR, every matrix": the `rise` of each dense matrix's LAR (matrix_lar), one feature a matrix;
 - "RankMe": RankMe of the unembedding's inputs at each checkpoint (baselines.py), as its log;
 - "weight norm": the L2 norm of every parameter at each checkpoint (Omnigrok), as its log;
 - "training loss": the training loss at each evaluation alone, as its log10 (after Notsawo et
-  al. 2023, "Predicting grokking long before it happens", who read the loss curve's spectrum).
+  al. 2023, "Predicting grokking long before it happens", who read the loss curve's spectrum);
+- "no signal": no feature at all, the reference: each run's score is the rate of grokking among
+  the runs it is scored from. Where whether a run groks goes with its condition, holding a
+  condition out leaves a training rate that moves against the held-out runs' outcome, and this
+  reference scores below 0.5; a signal has to beat it, not 0.5.
 
 Every feature reads the time since memorization, split at its midpoint into an earlier and a
 later half (a point on the midpoint is in both). A signal's trajectory (`trajectory_features`):
@@ -155,6 +159,10 @@ def _every_matrix(window: Window) -> dict | None:
     return rises or None
 
 
+def _no_signal(_window: Window) -> dict:
+    return {}
+
+
 def _training_loss(window: Window) -> dict | None:
     found = window.series("evaluations", "train_loss")
     return None if found is None else loss_features(found[0], np.log10(found[1]), window.memorized)
@@ -167,6 +175,7 @@ FAMILIES = {
     "RankMe": _trajectory_of("checkpoints", "rankme", np.log),
     "weight norm": _trajectory_of("checkpoints", "weight_norm", np.log),
     "training loss": _training_loss,
+    "no signal": _no_signal,
 }
 
 
@@ -212,22 +221,23 @@ def features(runs, metrics, checkpoints, matrix_lar, fraction: float) -> pd.Data
 
 
 def _fit_score(train_x, train_y, test_x) -> np.ndarray:
-    """P(grokked) of `test_x` from a standardized logistic regression on the training runs; a
-    training set of one outcome can only say that outcome."""
-    if len(set(train_y)) < 2:
-        return np.full(len(test_x), float(train_y[0]))
+    """P(grokked) of `test_x` from a standardized logistic regression on the training runs;
+    without features, or from a training set of one outcome, their rate of grokking."""
+    if train_x.shape[1] == 0 or len(set(train_y)) < 2:
+        return np.full(len(test_x), np.mean(train_y, dtype=float))
     model = make_pipeline(StandardScaler(), LogisticRegression())
     return model.fit(train_x, train_y).predict_proba(test_x)[:, 1]
 
 
 def _fit_epoch(train_x, train_epochs, test_x) -> np.ndarray:
     """The grokking epoch of `test_x` from a standardized ridge regression of its log on the
-    training runs that grokked (with only one, its epoch; with none, NaN)."""
+    training runs that grokked; without features or with only one such run, their geometric
+    mean; with none, NaN."""
     if len(train_epochs) == 0:
         return np.full(len(test_x), math.nan)
     logs = np.log(train_epochs)
-    if len(train_epochs) == 1:
-        return np.full(len(test_x), math.exp(logs[0]))
+    if train_x.shape[1] == 0 or len(train_epochs) == 1:
+        return np.full(len(test_x), math.exp(logs.mean()))
     model = make_pipeline(StandardScaler(), Ridge())
     return np.exp(model.fit(train_x, logs).predict(test_x))
 
