@@ -135,6 +135,7 @@ FILES = [
     *[
         f"{table}.{suffix}"
         for table in ("table1", "per_task", "alarm_grokking", "alarm_grokking_summary")
+        + ("forecast", "forecast_runs")
         for suffix in ("md", "tex", "csv")
     ],
     *[

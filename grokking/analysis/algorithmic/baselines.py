@@ -1,8 +1,10 @@
 """The baselines the alarms are scored beside, measured at a grokking run's periodic checkpoints
 (`checkpoint_every`: checkpoints/epoch_N.pt): WeightWatcher's power-law exponent α of the
 unembedding and its mean over every dense layer (its own rule: α < 2 reads "over-trained"), and
-RankMe (Garrido et al.) of the unembedding's inputs over the training set. The weights' effective
-rank (Roy and Vetterli) and stable rank need no checkpoint: every evaluation records them.
+RankMe (Garrido et al.) of the unembedding's inputs over the training set, and the weight norm
+(Omnigrok, Liu et al. 2022: the L2 norm of every parameter together) that the early forecast reads
+(forecast.py). The weights' effective rank (Roy and Vetterli) and stable rank need no checkpoint:
+every evaluation records them.
 
 Results are cached in the run folder (baseline_measures.parquet), like measure.py's.
 WeightWatcher is the slowest signal by far (benchmarks/signal_cost.py), so the mean over the
@@ -35,7 +37,7 @@ log = logging.getLogger("grokking.analysis")
 BASELINES = "baseline_measures.parquet"  # this analysis' cache in each run folder
 
 DENSE_EVERY = 2  # the mean α over the dense layers at every 2nd periodic checkpoint
-COLUMNS = ["epoch", "ww_alpha", "ww_alpha_mean", "rankme"]
+COLUMNS = ["epoch", "ww_alpha", "ww_alpha_mean", "rankme", "weight_norm"]
 
 
 def rankme(input_gram: torch.Tensor) -> float:
@@ -45,6 +47,12 @@ def rankme(input_gram: torch.Tensor) -> float:
     shares = sigma / sigma.sum()
     shares = shares[shares > 0]
     return math.exp(-(shares * shares.log()).sum().item())
+
+
+def weight_norm(model: nn.Module) -> float:
+    """The L2 norm of all of `model`'s parameters taken as one vector."""
+    with torch.no_grad():
+        return math.sqrt(sum(p.double().square().sum().item() for p in model.parameters()))
 
 
 @functools.cache
@@ -92,6 +100,7 @@ def measure_checkpoint(run: RunDir, epoch: int, train_x: torch.Tensor, dense: bo
         "ww_alpha": ww_alphas(nn.ModuleList([model.unembed])).mean(),  # NaN if it fits none
         "ww_alpha_mean": ww_alphas(model).mean() if dense else math.nan,
         "rankme": rankme(gram),
+        "weight_norm": weight_norm(model),
     }
 
 
@@ -99,8 +108,8 @@ def measure_run(run: RunDir) -> pd.DataFrame:
     """The baselines at every periodic checkpoint of a run (empty without any); cached."""
     epochs = periodic_epochs(run)
     cached = read_cache(run, BASELINES, "epoch", "baselines")
-    if cached is not None and list(cached["epoch"]) == epochs:
-        return cached
+    if cached is not None and list(cached["epoch"]) == epochs and set(COLUMNS) <= set(cached):
+        return cached  # a cache from before a column was added is measured again
     if not epochs:
         return pd.DataFrame(columns=COLUMNS)
     (train_x, *_), _ = build(run_config(run))

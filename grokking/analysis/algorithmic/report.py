@@ -1,5 +1,6 @@
 """The grokking analysis written out: parquet tables, Table 1, the per-task table, the alarms
-against the grokking epoch, and the paper's figures per sweep (group)."""
+against the grokking epoch, the early forecast of grokking, and the paper's figures per sweep
+(group)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from grokking.analysis import alarms
-from grokking.analysis.algorithmic import baselines, figures, tables
+from grokking.analysis.algorithmic import baselines, figures, forecast, tables
 from grokking.analysis.algorithmic.alarms import score_grokking
 from grokking.analysis.algorithmic.measure import measure_all
 from grokking.analysis.collect import Results
@@ -40,6 +41,9 @@ def write(results: Results, measures, at_checkpoints, out: Path, figure2_runs=No
     scores = score_grokking(results.runs, results.metrics, at_checkpoints)
     title = "The alarms against the grokking epoch"
     written |= alarms.write(scores, out, "alarm_grokking", title)
+    written |= forecast.write(
+        results.runs, results.metrics, at_checkpoints, results.matrix_lar, out
+    )
     plots = _figures(results, measures, figure2_runs or figures.choose_runs(results.runs))
     return written | write_figures(plots, out, figures.save)
 
