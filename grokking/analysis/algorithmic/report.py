@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from grokking.analysis import alarms
-from grokking.analysis.algorithmic import baselines, figures, forecast, tables
+from grokking.analysis.algorithmic import baselines, figures, forecast, steering, tables
 from grokking.analysis.algorithmic.alarms import score_grokking
 from grokking.analysis.algorithmic.measure import measure_all
 from grokking.analysis.collect import Results
@@ -44,8 +44,22 @@ def write(results: Results, measures, at_checkpoints, out: Path, figure2_runs=No
     written |= forecast.write(
         results.runs, results.metrics, at_checkpoints, results.matrix_lar, out
     )
+    _write_steering(results, measures, out)
     plots = _figures(results, measures, figure2_runs or figures.choose_runs(results.runs))
     return written | write_figures(plots, out, figures.save)
+
+
+def _write_steering(results: Results, measures: pd.DataFrame, out: Path) -> None:
+    """steering.md and steering_summary.md, where some runs trained with a regularizer and their
+    baselines are among the runs analysed."""
+    table = steering.steering_table(results.runs, results.metrics, measures)
+    if table.empty:
+        return
+    write_table(steering.display(table), out, "steering", tidy=table)
+    per_variant = steering.summary(table)
+    write_table(per_variant, out, "steering_summary")
+    print("Steering LAR — each regularized run against its baseline:")
+    print(per_variant.to_markdown(index=False), end="\n\n")
 
 
 def _figures(results: Results, measures: pd.DataFrame, figure2_runs: list[str]) -> dict:
