@@ -1,5 +1,6 @@
 """The grokking analysis written out: parquet tables, Table 1, the per-task table, the alarms
-against the grokking epoch, and the paper's figures per sweep (group)."""
+against the grokking epoch, the stopping rules side by side, and the paper's figures per sweep
+(group)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from grokking.analysis import alarms
+from grokking.analysis import alarms, stops
 from grokking.analysis.algorithmic import baselines, figures, tables
+from grokking.analysis.algorithmic import stops as grokking_stops
 from grokking.analysis.algorithmic.alarms import score_grokking
 from grokking.analysis.algorithmic.measure import measure_all
 from grokking.analysis.collect import Results
@@ -40,6 +42,10 @@ def write(results: Results, measures, at_checkpoints, out: Path, figure2_runs=No
     scores = score_grokking(results.runs, results.metrics, at_checkpoints)
     title = "The alarms against the grokking epoch"
     written |= alarms.write(scores, out, "alarm_grokking", title)
+    scores = grokking_stops.score_stops(results.runs, results.metrics, at_checkpoints)
+    title = "The stopping rules against the grokking epoch"
+    summary = grokking_stops.summarize(scores)
+    written |= stops.write(scores, summary, out, "stops_grokking", title)
     plots = _figures(results, measures, figure2_runs or figures.choose_runs(results.runs))
     return written | write_figures(plots, out, figures.save)
 
