@@ -43,8 +43,10 @@ def score_stops(runs: pd.DataFrame, metrics: pd.DataFrame, at_checkpoints: pd.Da
 
     def rows_of(run) -> pd.DataFrame:
         evals = metrics[metrics["run"] == run.run]
+        if at_checkpoints.empty:  # no run had periodic checkpoints
+            return evals
         signals = at_checkpoints[at_checkpoints["run"] == run.run].drop(columns="run")
-        return evals.merge(signals, on="epoch", how="left") if len(signals) else evals
+        return evals.merge(signals, on="epoch", how="left")
 
     def score(run, rows: pd.DataFrame, stopped: int | None, kept: int) -> dict:
         val_acc = value_at(rows["epoch"], rows["val_acc"], kept)
