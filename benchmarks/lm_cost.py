@@ -3,7 +3,10 @@ training step at the default size with Adam and with Muon (timed in turns, so a 
 and goes weighs on both alike; Muon's orthogonalisation dtype named), the Muon / Adam step ratio,
 each step's share of the fp32 matmul peak measured here, the share of the unembedding's LAR in a
 step (it is computed at every step, from the step's own forward pass), the cost of an evaluation
-and the share of every matrix's LAR in it, and each sweep file's projected wall time.
+and the share of every matrix's LAR in it, each sweep file's projected wall time, and what each
+stopping signal costs as a share of a step: LAR's rules (one update per step) and the baselines
+a run records with `signals` (grokking/signals.py: each an addition to every evaluation, spread
+over the `eval_every` steps between two).
 
     python benchmarks/lm_cost.py                # the default config, one thread
     python benchmarks/lm_cost.py --steps 40 --threads 2 data.train_tokens=200000
@@ -23,9 +26,10 @@ import yaml
 from torch.utils.flop_counter import FlopCounterMode
 from train_cost import matmul_flops  # a sibling script of benchmarks/
 
-from grokking.lar import sum_of_squares
+from grokking.lar import AcceleratingDeclineAlarm, sum_of_squares
+from grokking.lar.select import OverfittingStop
 from grokking.lm import load_config
-from grokking.lm.config import LarLayers
+from grokking.lm.config import LarLayers, Signal
 from grokking.lm.engine import LMEngine
 from grokking.lm.optim import ORTHOGONALIZE_DTYPE
 
@@ -74,6 +78,30 @@ def lar_seconds(engine: LMEngine, repeats: int) -> float:
     return seconds(lar_work, repeats)
 
 
+def rule_seconds(make, updates: int = 20_000) -> float:
+    """Seconds of one update of a fresh rule `make()` fed a LAR curve that rises, then falls
+    slowly (the rule keeps working on every value: it never stops)."""
+    lars = 0.5 + 0.3 * torch.linspace(0, 1, updates).sqrt() * torch.linspace(1, 0.9, updates)
+    rule = make()
+    start = time.perf_counter()
+    for step, value in enumerate(lars.tolist()):
+        rule.update(step, value)
+    return (time.perf_counter() - start) / updates
+
+
+def signal_seconds(engine: LMEngine) -> dict[str, float]:
+    """{signal: seconds it adds to an evaluation}: the evaluation timed with it on and off."""
+    cfg = engine.cfg
+    cfg.signals = []
+    plain = seconds(engine.evaluate, 2)
+    added = {}
+    for signal in Signal:
+        cfg.signals = [signal]
+        added[signal.value] = seconds(engine.evaluate, 2) - plain
+    cfg.signals = []
+    return added
+
+
 def step_flops(engine: LMEngine) -> int:
     """FLOPs of one whole step (forward, backward, the optimizers: Muon's orthogonalisation)."""
     with FlopCounterMode(display=False) as counter:
@@ -116,6 +144,11 @@ def main() -> None:
     lar_s = {name: lar_seconds(e, args.steps * 5) for name, e in engines.items()}
     flops = {name: step_flops(e) for name, e in engines.items()}
     peak = matmul_flops(1024, 1024, 1024)
+    rules = {
+        "LAR's OverfittingStop": rule_seconds(OverfittingStop),
+        "LAR's accelerating decline": rule_seconds(AcceleratingDeclineAlarm),
+    }
+    added_s = signal_seconds(engines["adam"])
     eval_all_s = seconds(engine.evaluate, 3)
     cfg.lar_layers = LarLayers.unembed
     eval_unembed_s = seconds(engine.evaluate, 3)
@@ -143,6 +176,16 @@ def main() -> None:
         f"unembedding's only: every matrix costs {(eval_all_s - eval_unembed_s) / eval_all_s:.1%}"
         " of an evaluation"
     )
+    step = step_s["adam"]
+    print(f"stopping signals, as a share of an Adam step ({step * 1e3:.0f} ms):")
+    for name, rule_s in rules.items():
+        print(f"  {name}: {rule_s * 1e6:.1f} µs per step = {rule_s / step:.3%} of a step")
+    every = cfg.eval_every
+    for name, extra in added_s.items():
+        print(
+            f"  {name}: {extra:.2f} s per evaluation = {extra / step:.1f} steps; evaluated every "
+            f"{every} steps: {extra / every / step:.1%} of a step"
+        )
     print(f"setup (data, model): {setup_s:.1f} s")
     for path in sorted(SWEEPS.glob("*.yaml")):
         sweep = yaml.safe_load(path.read_text())
