@@ -121,9 +121,9 @@ def scored_rows(runs: pd.DataFrame, rows_of, rules, unit: str, score) -> pd.Data
 
 
 def write(scores: pd.DataFrame, summary: pd.DataFrame, out: Path, name: str, title: str) -> dict:
-    """The per-run table and the summary per rule, as md, tex and csv."""
-    write_table(scores.set_index(["run", "rule"]), out, name, tidy=scores)
-    write_table(summary, out, f"{name}_summary", tidy=summary.reset_index())
+    """The per-run table and the summary per rule, as md, tex and csv (md and tex rounded)."""
+    write_table(scores.round(3), out, name, tidy=scores)
+    write_table(summary.round(3), out, f"{name}_summary", tidy=summary.reset_index())
     print(f"{title}:")
     print(summary.to_markdown(floatfmt=".3g"), end="\n\n")
     return {name: out / f"{name}.csv", f"{name}_summary": out / f"{name}_summary.csv"}

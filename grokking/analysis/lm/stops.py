@@ -72,4 +72,4 @@ def summarize(scores: pd.DataFrame) -> pd.DataFrame:
             f"never overfit, stopped < {FULL:.0%}": f"{early} of {len(never)}",
             "mean share of budget": part["share of budget"].mean(),
         }
-    return pd.DataFrame(summary).T.rename_axis("rule")
+    return pd.DataFrame.from_dict(summary, orient="index").rename_axis("rule")
