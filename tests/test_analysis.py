@@ -136,6 +136,7 @@ FILES = [
     *[
         f"{table}.{suffix}"
         for table in ("table1", "per_task", "alarm_grokking", "alarm_grokking_summary")
+        + ("stops_grokking", "stops_grokking_summary")
         for suffix in ("md", "tex", "csv")
     ],
     *[
