@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from grokking.analysis.stops import FULL, patience_stop, value_at
+from grokking.analysis.stops import FULL, early_stop, value_at
 from grokking.lar.alarm import OverfittingAlarm, first_firing
 from grokking.lar.select import OverfittingStop, run_rule
 
@@ -53,7 +53,7 @@ def val_at(val: pd.Series, step: int) -> float:
 
 def validation_early_stop(val: pd.Series) -> tuple[int, int]:
     """(stop step, kept step) of early stopping on the validation loss (the analysis' rule)."""
-    stopped, kept = patience_stop(val.index.to_numpy(), val.to_numpy())
+    stopped, kept = early_stop(val.index.to_numpy(), val.to_numpy())
     return (val.index[-1] if stopped is None else stopped), kept
 
 

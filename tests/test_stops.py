@@ -10,7 +10,7 @@ from grokking.analysis.algorithmic.stops import summarize as summarize_grokking
 from grokking.analysis.lm.overfitting import run_facts
 from grokking.analysis.lm.stops import score_stops as score_lm
 from grokking.analysis.lm.stops import summarize as summarize_lm
-from grokking.analysis.stops import exponential_mean, patience_stop
+from grokking.analysis.stops import early_stop, exponential_mean
 
 STEPS = np.arange(401)  # a language-model run of 400 steps, evaluated every 25
 EVALUATED = STEPS % 25 == 0
@@ -93,10 +93,10 @@ def test_the_summary_counts_early_stops_of_runs_that_never_overfit(lm_sweep):
     assert summary.loc["training to the end", "mean share of budget"] == 1
 
 
-def test_patience_stop_and_the_smoothing():
+def test_early_stopping_and_the_smoothing():
     units = np.arange(7) * 10
-    assert patience_stop(units, np.array([3, 2, 1, 1, 2, 1, 0])) == (50, 20)
-    assert patience_stop(units, np.array([3, 2, 1, 0, 2, 1, -1])) == (None, 60)
+    assert early_stop(units, np.array([3, 2, 1, 1, 2, 1, 0])) == (50, 20)
+    assert early_stop(units, np.array([3, 2, 1, 0, 2, 1, -1])) == (None, 60)
     assert exponential_mean(np.array([2.0, 0.0, 4.0])) == pytest.approx([2.0, 1.0, 2.5])
 
 

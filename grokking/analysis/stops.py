@@ -19,14 +19,16 @@ import numpy as np
 import pandas as pd
 
 from grokking.analysis.tables import write_table
+from grokking.lar.select import run_rule
+from grokking.runs.stopping import ValidationStop
 
 PATIENCE = 3  # evaluations without a new low before early stopping stops (Lightning's default)
 FULL = 0.95  # a run with nothing to stop for should train at least this share of its budget
 EB_SMOOTHING = 0.5  # the weight of the newest value in the EB criterion's moving average
 
 
-Decision = tuple[int | None, int | None]  # (stopped, kept); None: never stopped, the last weights
-NEVER: Decision = (None, None)
+Outcome = tuple[int | None, int | None]  # (stopped, kept); None: never stopped, the last weights
+NEVER: Outcome = (None, None)
 
 
 @dataclass(frozen=True)
@@ -36,24 +38,21 @@ class Rule:
 
     name: str
     signal: str
-    decide: Callable[[np.ndarray, np.ndarray, pd.DataFrame], Decision]
+    decide: Callable[[np.ndarray, np.ndarray, pd.DataFrame], Outcome]
 
 
-def patience_stop(units: np.ndarray, values: np.ndarray, patience: int = PATIENCE) -> Decision:
-    """Early stopping on a signal that should fall: stop once `patience` values in a row have
-    not gone below the lowest so far, keeping that lowest's step (also when it never stops)."""
-    best, since = 0, 0
-    for i in range(1, len(values)):
-        if values[i] < values[best]:
-            best, since = i, 0
-        else:
-            since += 1
-        if since >= patience:
-            return int(units[i]), int(units[best])
-    return None, int(units[best])
+def early_stop(units: np.ndarray, values: np.ndarray) -> Outcome:
+    """The project's validation early stopping (`ValidationStop`: once `PATIENCE` values in a
+    row have not gone below the lowest so far) fed a curve that should fall: the lowest value's
+    step is kept, also when it never stops."""
+    rule = run_rule(ValidationStop(PATIENCE), units, values)
+    if rule.stopped:
+        return rule.stopped_at, rule.selected
+    rule.end(int(units[-1]), "the curve's end")
+    return None, rule.selected
 
 
-def at_first(units: np.ndarray, holds: np.ndarray) -> Decision:
+def at_first(units: np.ndarray, holds: np.ndarray) -> Outcome:
     """Stop at the first unit where `holds`, keeping its weights."""
     where = np.flatnonzero(holds)
     return (int(units[where[0]]),) * 2 if len(where) else NEVER
@@ -67,12 +66,12 @@ def exponential_mean(values: np.ndarray, weight: float = EB_SMOOTHING) -> np.nda
     return smoothed
 
 
-def _validation(units, values, _rows) -> Decision:
-    return patience_stop(units, values)
+def _validation(units, values, _rows) -> Outcome:
+    return early_stop(units, values)
 
 
-def _gradient_disparity(units, values, _rows) -> Decision:
-    stopped, _ = patience_stop(units, values)
+def _gradient_disparity(units, values, _rows) -> Outcome:
+    stopped, _ = early_stop(units, values)
     return stopped, stopped  # a baseline keeps the step it stops at
 
 
@@ -85,7 +84,7 @@ BASELINES = (
 )
 
 
-def decide(rule: Rule, rows: pd.DataFrame, unit: str) -> Decision | None:
+def decide(rule: Rule, rows: pd.DataFrame, unit: str) -> Outcome | None:
     """`rule` on a run's `rows`; None when the run did not record its signal."""
     if rule.signal not in rows.columns:
         return None
