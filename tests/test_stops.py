@@ -124,11 +124,13 @@ def test_grokking_stop_against_the_grokking_epoch():
     scores = score_grokking(runs, metrics, pd.DataFrame())
     lar = _row(scores, "groks", "LAR: GrokkingStop")
     assert (lar["stopped"], lar["kept"], lar["val_acc kept"]) == (100, 100, 1.0)
-    assert lar["stop / grokking epoch"] == 1.0 and lar["goal met"]
+    assert lar["end / grokking epoch"] == 1.0 and lar["goal met"]
     quiet = _row(scores, "never", "LAR: GrokkingStop")
-    assert pd.isna(quiet["stopped"]) and quiet["share of budget"] == 1 and quiet["goal met"]
+    assert pd.isna(quiet["stopped"]) and quiet["ended"] == 300 and quiet["goal met"]
+    assert quiet["share of budget"] == 1
     end = _row(scores, "groks", "training to the run's end")  # validation stopped it at 150
-    assert pd.isna(end["stopped"]) and end["share of budget"] == 0.5 and not end["goal met"]
+    assert pd.isna(end["stopped"]) and pd.isna(end["ended"]) and not end["goal met"]
+    assert end["share of budget"] == 0.5  # at least: the run's record ends there
     summary = summarize_grokking(scores)
     assert summary.loc["LAR: GrokkingStop", "grokked: goal met"] == "1 of 1"
     assert summary.loc["validation early stopping (patience 3)", "grokked: goal met"] == "0 of 1"

@@ -3,8 +3,9 @@ at, the epoch kept, the validation accuracy there (the last evaluation at or bef
 over the grokking epoch, and the share of the budget (max_epochs) trained. The issue's goal: a run
 that groks is stopped at ≤ 1.2 × its grokking epoch with validation accuracy ≥ 0.99; a run that
 never groks trains to its budget. A run that groks was itself stopped by validation at
-stop_factor × its grokking epoch: a rule that has not stopped by then is shown as never stopped,
-and misses the goal. LAR's rule: `GrokkingStop` on LAR and the training accuracy."""
+stop_factor × its grokking epoch: a rule that has not stopped by then is shown as never stopped
+and its end as unknown (beyond the recorded epochs), which misses the goal; a run that reached its
+budget ends there. LAR's rule: `GrokkingStop` on LAR and the training accuracy."""
 
 from __future__ import annotations
 
@@ -30,10 +31,18 @@ GROKKING_RULES = (
 )
 
 
-def _meets_goal(run, stopped: int | None, val_acc: float) -> bool:
+def _meets_goal(run, ended: int | None, val_acc: float) -> bool:
     if not run.grokked:
-        return stopped is None or stopped >= FULL * run.max_epochs
-    return stopped is not None and stopped <= LATEST * run.grokking_epoch and val_acc >= GENERALIZED
+        return ended is None or ended >= FULL * run.max_epochs
+    return ended is not None and ended <= LATEST * run.grokking_epoch and val_acc >= GENERALIZED
+
+
+def _end(run, stopped: int | None) -> int | None:
+    """Where training ends under a rule: its stop, else the budget if the run reached it, else
+    unknown (validation stopped the run first)."""
+    if stopped is not None:
+        return stopped
+    return run.max_epochs if run.final_epoch >= run.max_epochs else None
 
 
 def score_stops(runs: pd.DataFrame, metrics: pd.DataFrame, at_checkpoints: pd.DataFrame,
@@ -50,26 +59,28 @@ def score_stops(runs: pd.DataFrame, metrics: pd.DataFrame, at_checkpoints: pd.Da
 
     def score(run, rows: pd.DataFrame, stopped: int | None, kept: int) -> dict:
         val_acc = value_at(rows["epoch"], rows["val_acc"], kept)
-        ratio = np.nan if stopped is None or not run.grokked else stopped / run.grokking_epoch
+        ended = _end(run, stopped)
+        ratio = np.nan if ended is None or not run.grokked else ended / run.grokking_epoch
         return {
             "grokking epoch": run.grokking_epoch,
             "stopped": stopped,
+            "ended": ended,
             "kept": kept,
             "val_acc kept": val_acc,
-            "stop / grokking epoch": ratio,
-            "share of budget": (run.final_epoch if stopped is None else stopped) / run.max_epochs,
-            "goal met": _meets_goal(run, stopped, val_acc),
+            "end / grokking epoch": ratio,
+            "share of budget": (run.final_epoch if ended is None else ended) / run.max_epochs,
+            "goal met": _meets_goal(run, ended, val_acc),
         }
 
     scores = scored_rows(runs, rows_of, rules, "epoch", score)
-    return scores.astype({"grokking epoch": "Int64", "stopped": "Int64"})
+    return scores.astype({"grokking epoch": "Int64", "stopped": "Int64", "ended": "Int64"})
 
 
 def summarize(scores: pd.DataFrame) -> pd.DataFrame:
-    """Per rule: the runs it was scored on, how many that grok it stopped in time with the
-    accuracy kept (the goal), its latest stop over the grokking epoch and least accuracy kept on
-    them, how many that never grok it stopped before 95 % of the budget, and the mean share of
-    the budget trained (a lower bound where it did not stop before validation did)."""
+    """Per rule: the runs it was scored on, how many that grok it ended in time with the
+    accuracy kept (the goal), its latest end over the grokking epoch (of the known ends) and
+    least accuracy kept on them, how many that never grok it stopped before 95 % of the budget,
+    and the mean share of the budget trained (a lower bound where the end is unknown)."""
     summary = {}
     for rule, part in scores.groupby("rule", sort=False):
         grokked, never = part[part["grokking epoch"].notna()], part[part["grokking epoch"].isna()]
@@ -77,7 +88,7 @@ def summarize(scores: pd.DataFrame) -> pd.DataFrame:
         summary[rule] = {
             "runs": len(part),
             "grokked: goal met": f"{grokked['goal met'].sum()} of {len(grokked)}",
-            "latest stop / grokking epoch (stopped)": grokked["stop / grokking epoch"].max(),
+            "latest end / grokking epoch (known)": grokked["end / grokking epoch"].max(),
             "least val_acc kept (grokked)": grokked["val_acc kept"].min(),
             f"never grokked, stopped < {FULL:.0%}": f"{early} of {len(never)}",
             "mean share of budget": part["share of budget"].mean(),
