@@ -94,17 +94,22 @@ def rule_seconds(make, updates: int = 20_000) -> float:
     return elapsed / updates
 
 
-def signal_seconds(engine: LMEngine) -> dict[str, float]:
-    """{signal: seconds it adds to an evaluation}: the evaluation timed with it on and off."""
+def signal_seconds(engine: LMEngine, repeats: int = 3) -> dict[str, float]:
+    """{signal: seconds it adds to an evaluation}: the evaluation with each signal on, and with
+    none, timed in turns (a load that comes and goes weighs on each alike)."""
     cfg = engine.cfg
+
+    def evaluate_with(signals: list[Signal]) -> Callable[[], object]:
+        def work():
+            cfg.signals = signals
+            return engine.evaluate()
+
+        return work
+
+    works = {"none": evaluate_with([])} | {s.value: evaluate_with([s]) for s in Signal}
+    times = seconds_in_turns(works, repeats)
     cfg.signals = []
-    plain = seconds(engine.evaluate, 2)
-    added = {}
-    for signal in Signal:
-        cfg.signals = [signal]
-        added[signal.value] = seconds(engine.evaluate, 2) - plain
-    cfg.signals = []
-    return added
+    return {name: times[name] - times["none"] for name in works if name != "none"}
 
 
 def step_flops(engine: LMEngine) -> int:
