@@ -3,7 +3,10 @@ training step at the default size with Adam and with Muon (timed in turns, so a 
 and goes weighs on both alike; Muon's orthogonalisation dtype named), the Muon / Adam step ratio,
 each step's share of the fp32 matmul peak measured here, the share of the unembedding's LAR in a
 step (it is computed at every step, from the step's own forward pass), the cost of an evaluation
-and the share of every matrix's LAR in it, and each sweep file's projected wall time.
+and the share of every matrix's LAR in it, each sweep file's projected wall time, and what each
+stopping signal costs as a share of a step: LAR's rules (one update per step) and the baselines
+a run records with `signals` (grokking/signals.py: each an addition to every evaluation, spread
+over the `eval_every` steps between two).
 
     python benchmarks/lm_cost.py                # the default config, one thread
     python benchmarks/lm_cost.py --steps 40 --threads 2 data.train_tokens=200000
@@ -23,9 +26,10 @@ import yaml
 from torch.utils.flop_counter import FlopCounterMode
 from train_cost import matmul_flops  # a sibling script of benchmarks/
 
-from grokking.lar import sum_of_squares
+from grokking.lar import AcceleratingDeclineAlarm, sum_of_squares
+from grokking.lar.select import OverfittingStop
 from grokking.lm import load_config
-from grokking.lm.config import LarLayers
+from grokking.lm.config import LarLayers, Signal
 from grokking.lm.engine import LMEngine
 from grokking.lm.optim import ORTHOGONALIZE_DTYPE
 
@@ -74,6 +78,40 @@ def lar_seconds(engine: LMEngine, repeats: int) -> float:
     return seconds(lar_work, repeats)
 
 
+def rule_seconds(make, updates: int = 20_000) -> float:
+    """Seconds of one update of a fresh rule `make()` fed a LAR curve that climbs from 1/2 to
+    0.8 over the first 5 % of the values, then falls linearly to 0.71: a third of the way back,
+    too little for the overfitting alarm, and never faster, so neither rule ever stops and both
+    do their whole work on every value (the accelerating decline fits a slope to each)."""
+    progress = torch.linspace(0, 1, updates)
+    lars = 0.5 + 0.3 * (progress / 0.05).clamp(max=1) * (1 - 0.3 * progress)
+    rule = make()
+    start = time.perf_counter()
+    for step, value in enumerate(lars.tolist()):
+        rule.update(step, value)
+    elapsed = time.perf_counter() - start
+    assert not getattr(rule, "alarm", rule).fired, "it fired, and skipped its work after that"
+    return elapsed / updates
+
+
+def signal_seconds(engine: LMEngine, repeats: int = 3) -> dict[str, float]:
+    """{signal: seconds it adds to an evaluation}: the evaluation with each signal on, and with
+    none, timed in turns (a load that comes and goes weighs on each alike)."""
+    cfg = engine.cfg
+
+    def evaluate_with(signals: list[Signal]) -> Callable[[], object]:
+        def work():
+            cfg.signals = signals
+            return engine.evaluate()
+
+        return work
+
+    works = {"none": evaluate_with([])} | {s.value: evaluate_with([s]) for s in Signal}
+    times = seconds_in_turns(works, repeats)
+    cfg.signals = []
+    return {name: times[name] - times["none"] for name in works if name != "none"}
+
+
 def step_flops(engine: LMEngine) -> int:
     """FLOPs of one whole step (forward, backward, the optimizers: Muon's orthogonalisation)."""
     with FlopCounterMode(display=False) as counter:
@@ -116,6 +154,11 @@ def main() -> None:
     lar_s = {name: lar_seconds(e, args.steps * 5) for name, e in engines.items()}
     flops = {name: step_flops(e) for name, e in engines.items()}
     peak = matmul_flops(1024, 1024, 1024)
+    rules = {
+        "LAR's OverfittingStop": rule_seconds(OverfittingStop),
+        "LAR's accelerating decline": rule_seconds(AcceleratingDeclineAlarm),
+    }
+    added_s = signal_seconds(engines["adam"])
     eval_all_s = seconds(engine.evaluate, 3)
     cfg.lar_layers = LarLayers.unembed
     eval_unembed_s = seconds(engine.evaluate, 3)
@@ -143,6 +186,16 @@ def main() -> None:
         f"unembedding's only: every matrix costs {(eval_all_s - eval_unembed_s) / eval_all_s:.1%}"
         " of an evaluation"
     )
+    step = step_s["adam"]
+    print(f"stopping signals, as a share of an Adam step ({step * 1e3:.0f} ms):")
+    for name, rule_s in rules.items():
+        print(f"  {name}: {rule_s * 1e6:.1f} µs per step = {rule_s / step:.3%} of a step")
+    every = cfg.eval_every
+    for name, extra in added_s.items():
+        print(
+            f"  {name}: {extra:.2f} s per evaluation = {extra / step:.1f} steps; evaluated every "
+            f"{every} steps: {extra / every / step:.1%} of a step"
+        )
     print(f"setup (data, model): {setup_s:.1f} s")
     for path in sorted(SWEEPS.glob("*.yaml")):
         sweep = yaml.safe_load(path.read_text())

@@ -2,16 +2,18 @@
 figures from every grokking run under the given directories, and the §5 analysis (the overfitting
 step, Figures 4–8, Table 2) of every language-model run there; a folder holding both analyses each.
 For either family, the validation-free alarms and their baselines are scored against the truth
-from validation (grokking.analysis.<family>.alarms).
+from validation (grokking.analysis.<family>.alarms), and the stopping rules side by side
+(grokking.analysis.<family>.stops).
 
 Writes into `--out` (default: `<first DIR>-analysis`, beside it) and prints where:
   grokking runs: runs.parquet, metrics.parquet, matrix_lar.parquet, checkpoint_measures.parquet,
     baseline_measures.parquet, table1.{md,tex,csv}, per_task.{md,tex,csv},
-    alarm_grokking{,_summary}.{md,tex,csv}, figure1_<group>, curves_<group>, figure2,
-    figure3, figure9, ranks_<group>, matrices_<group> (.png and .pdf)
+    alarm_grokking{,_summary}.{md,tex,csv}, stops_grokking{,_summary}.{md,tex,csv},
+    figure1_<group>, curves_<group>, figure2, figure3, figure9, ranks_<group>, matrices_<group>
+    (.png and .pdf)
   language models: lm_runs.parquet, lm_metrics.parquet, lm_matrix_lar.parquet,
     lm_overfitting.{md,tex,csv}, lm_correlations.{md,tex,csv}, table2.{md,tex,csv},
-    alarm_lm{,_summary}.{md,tex,csv},
+    alarm_lm{,_summary}.{md,tex,csv}, stops_lm{,_summary}.{md,tex,csv},
     figure4 ... figure8, lm_ranks (.png and .pdf)
 """
 

@@ -25,11 +25,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from grokking.analysis.stops import FULL, early_stop, value_at
 from grokking.lar.alarm import OverfittingAlarm, first_firing
 from grokking.lar.select import OverfittingStop, run_rule
-
-FULL = 0.95  # a run that does not overfit must train at least this share of its budget
-PATIENCE = 3  # evaluations without improvement before validation early stopping stops
 
 
 def load_runs(*groups: str) -> list[dict]:
@@ -50,20 +48,13 @@ def load_runs(*groups: str) -> list[dict]:
 
 def val_at(val: pd.Series, step: int) -> float:
     """The validation loss of the last evaluation at or before `step`."""
-    return float(val[val.index <= step].iloc[-1])
+    return value_at(val.index.to_series(), val, step)
 
 
 def validation_early_stop(val: pd.Series) -> tuple[int, int]:
-    """(stop step, kept step) of early stopping on the validation loss with `PATIENCE`."""
-    best, since = val.index[0], 0
-    for step, loss in val.items():
-        if loss < val[best]:
-            best, since = step, 0
-        else:
-            since += 1
-        if since >= PATIENCE:
-            return step, best
-    return val.index[-1], best
+    """(stop step, kept step) of early stopping on the validation loss (the analysis' rule)."""
+    stopped, kept = early_stop(val.index.to_numpy(), val.to_numpy())
+    return (val.index[-1] if stopped is None else stopped), kept
 
 
 def outcomes(run: dict, make_rule) -> dict:

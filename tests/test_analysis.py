@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import REPO, completed_summaries, run_cli
 
+from grokking import signals
 from grokking.analysis.algorithmic import baselines, collect, measure_run, pc95, table1
 from grokking.analysis.algorithmic.baselines import BASELINES, costs, rankme
 from grokking.analysis.algorithmic.measure import MEASURES
@@ -136,6 +137,7 @@ FILES = [
         f"{table}.{suffix}"
         for table in ("table1", "per_task", "alarm_grokking", "alarm_grokking_summary")
         + ("forecast", "forecast_runs")
+        + ("stops_grokking", "stops_grokking_summary")
         for suffix in ("md", "tex", "csv")
     ],
     *[
@@ -217,11 +219,11 @@ def test_baselines_are_measured_without_weightwatcher_and_not_cached(
     copy = shutil.copytree(run, tmp_path / "run")
     (copy / BASELINES).unlink()
     monkeypatch.setitem(sys.modules, "weightwatcher", None)  # `import weightwatcher` fails
-    baselines._weightwatcher.cache_clear()
+    signals.weightwatcher_module.cache_clear()
     try:
         frame = baselines.measure_run(RunDir(copy))
     finally:
-        baselines._weightwatcher.cache_clear()
+        signals.weightwatcher_module.cache_clear()
     assert list(frame["epoch"]) == [2, 4, 6] and frame["rankme"].between(1, 32).all()
     assert frame[["ww_alpha", "ww_alpha_mean"]].isna().all().all()
     assert not (copy / BASELINES).exists()

@@ -73,6 +73,7 @@ def test_a_tiny_run_through_the_command_line_writes_its_folder(tiny_run):
     assert list(evaluated["step"]) == [0, 10, 20, 30, 40, 50, 60]
     for column in ("probe_lar", "p1", "q1", "rho", "effective_rank"):
         assert evaluated[column].notna().all(), column
+    assert metrics[["eb", "gradient_disparity", "ww_alpha"]].isna().all().all()  # not asked for
     matrices = run.read_matrix_lar()
     assert set(matrices["step"]) == set(evaluated["step"])
     assert len(matrices) == 7 * (2 * 7 + 1)  # evaluations x (2 layers x 7 matrices + lm_head)
@@ -240,6 +241,11 @@ def test_kill_9_then_resume_equals_uninterrupted(
         ("optim.weight_decay=nan", "optim.weight_decay: must be a finite number ≥ 0, got nan"),
         ("optim.beta2=-0.5", "optim.beta2: must be a number in [0, 1), got -0.5"),
         ("data.val_fraction=nan", "data.val_fraction: must be a number in (0, 1), got nan"),
+        (
+            "signals=[eb,accuracy]",
+            "signals[1]: Invalid value 'accuracy', expected one of [eb, gradient_disparity, "
+            "ww_alpha]",
+        ),
     ],
 )
 def test_bad_values_are_refused_before_anything_is_written(refusal, override, message):

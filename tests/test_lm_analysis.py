@@ -114,7 +114,7 @@ def test_analyze_writes_every_table_and_figure_for_both_optimizers(tiny_sweep):
     result = run_cli("sweep", "--out", "analysis", cwd=tiny_sweep, module="grokking.analyze")
     assert result.returncode == 0, result.stderr
     out = tiny_sweep / "analysis"
-    for name in ("lm_overfitting", "lm_correlations", "table2"):
+    for name in ("lm_overfitting", "lm_correlations", "table2", "stops_lm", "stops_lm_summary"):
         assert all((out / f"{name}.{suffix}").exists() for suffix in ("md", "tex", "csv")), name
     for name in ("figure4", "figure5", "figure6", "figure7", "figure8", "lm_ranks"):
         assert (out / f"{name}.png").exists() and (out / f"{name}.pdf").exists(), name

@@ -33,6 +33,14 @@ class OrthogonalizeDtype(enum.Enum):
     float32 = "float32"  # the same iterations in float32
 
 
+class Signal(enum.Enum):
+    """A baseline signal an evaluation can record besides LAR (grokking/signals.py)."""
+
+    eb = "eb"  # the EB criterion, from the probe batch's per-sample gradients
+    gradient_disparity = "gradient_disparity"  # between the probe batch's two halves
+    ww_alpha = "ww_alpha"  # WeightWatcher's α: the unembedding's and the dense layers' mean
+
+
 class LarLayers(enum.Enum):
     unembed = "unembed"  # only lm_head
     all = "all"  # every nn.Linear of the model
@@ -98,6 +106,9 @@ class LMConfig(RunConfig):
     val_batches: int = 13  # the validation batch, in training batches (the paper's ≈ 13)
     eval_every: int = 20  # steps between evaluations
     lar_layers: LarLayers = LarLayers.all
+    # baselines recorded at each evaluation (metrics columns eb, gradient_disparity, ww_alpha and
+    # ww_alpha_mean); none by default: each costs a share of a step (benchmarks/lm_cost.py)
+    signals: list[Signal] = field(default_factory=list)
 
     RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = (*RunConfig.RUNTIME_FIELDS, "data.cache_dir")
 

@@ -3,7 +3,8 @@ its batch of training windows (data.batch_indices), computes the loss and the un
 from the same forward pass (a probe on `lm_head`, so LAR costs two sums of squares), clips the
 gradient and steps the optimizers along the schedule. An evaluation measures the validation
 loss on the fixed validation batch, and on the fixed probe batch of training windows the LAR of
-every dense matrix and the unembedding's spectral summary."""
+every dense matrix and the unembedding's spectral summary, and the baselines `signals` names
+(grokking/signals.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from grokking import signals
 from grokking.lar import LARProbe, ProbeSet, summary_from_spectra
 from grokking.lm.config import LarLayers, LMConfig
 from grokking.lm.data import batch_indices, dataset
@@ -93,7 +95,15 @@ class LMEngine:
         summary = summary_from_spectra(p, q, s)
         row = {"val_loss": val_loss.item(), "probe_loss": probe_loss.item()}
         row["probe_lar"] = summary.pop("lar")  # the step rows' `lar` is the training batch's
+        row |= self._signals()
         return [row | summary | {"p1": p[0].item(), "q1": q[0].item(), "matrix_lar": matrix_lar}]
+
+    def _signals(self) -> dict[str, float]:
+        """The baselines `signals` names, on the probe batch of training windows (none: {})."""
+        names = [signal.value for signal in self.cfg.signals]
+        if not names:
+            return {}
+        return signals.measure(self.model, self._loss, self.data.probe, names, UNEMBED)
 
     def after_evaluation(self, member: int, result: dict) -> dict:
         """A language model's regularizer is on from the start: the row says so."""

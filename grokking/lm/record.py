@@ -11,6 +11,7 @@ import math
 
 import torch
 
+from grokking import signals
 from grokking.lar import SPECTRAL_SUMMARY
 from grokking.lar.select import OverfittingStop
 from grokking.lm.config import LMConfig, OptimizerName
@@ -50,6 +51,7 @@ class LMRecord(RunRecord):
         "p1",  # the top singular direction's share of p (weights) and of q (activations)
         "q1",
         "regularizing",  # at evaluations: 1 when the regularizer (regularize.name) is on
+        *[column for columns in signals.COLUMNS.values() for column in columns],  # `signals`
     ]
     MATRIX_COLUMNS = ["step", "name", "layer", "role", "lar"]
     RESUME_FIELDS = RunRecord.RESUME_FIELDS | {"optimizers": list, "optimizer_step": int}

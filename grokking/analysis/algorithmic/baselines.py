@@ -14,9 +14,6 @@ dense layers is measured at every `DENSE_EVERY`-th checkpoint only. Without weig
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import io
 import logging
 import math
 import re
@@ -31,6 +28,7 @@ from grokking.analysis.algorithmic.measure import keep_cache, measure_each_run, 
 from grokking.analysis.collect import Results
 from grokking.lar import LARProbe
 from grokking.runs.rundir import RunDir
+from grokking.signals import weightwatcher_module, ww_alphas
 
 log = logging.getLogger("grokking.analysis")
 
@@ -53,34 +51,6 @@ def weight_norm(model: nn.Module) -> float:
     """The L2 norm of all of `model`'s parameters taken as one vector."""
     with torch.no_grad():
         return math.sqrt(sum(p.double().square().sum().item() for p in model.parameters()))
-
-
-@functools.cache
-def _weightwatcher():
-    """The weightwatcher module, or None (with a warning, once) when it is not installed: the
-    other baselines are measured without it."""
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):  # it prints which SVD it uses on import
-            import weightwatcher  # here: only the baselines need it, and it is slow to import
-    except ImportError:
-        log.warning(
-            "weightwatcher is not installed (pip install 'grokking[baselines]'): its α is left "
-            "out of the alarms' baselines"
-        )
-        return None
-    logging.getLogger("weightwatcher").setLevel(logging.ERROR)  # a line per layer otherwise
-    return weightwatcher
-
-
-def ww_alphas(model: nn.Module) -> pd.Series:
-    """WeightWatcher's α of each layer of `model` it fits (NaN where its fit fails), by name;
-    all NaN without weightwatcher."""
-    weightwatcher = _weightwatcher()
-    if weightwatcher is None:
-        return pd.Series([math.nan])
-    details = weightwatcher.WeightWatcher(model=model).analyze()
-    dense = details[details["layer_type"].astype(str).str.contains("dense", case=False)]
-    return pd.to_numeric(dense.set_index("name")["alpha"], errors="coerce")
 
 
 def periodic_epochs(run: RunDir) -> list[int]:
@@ -118,7 +88,7 @@ def measure_run(run: RunDir) -> pd.DataFrame:
         for i, epoch in enumerate(epochs)
     ]
     frame = pd.DataFrame(rows, columns=COLUMNS)
-    if _weightwatcher() is None:
+    if weightwatcher_module() is None:
         return frame  # not cached: measured again, α included, once weightwatcher is installed
     keep_cache(run, BASELINES, frame, "baselines")
     return frame

@@ -1,6 +1,6 @@
 """The grokking analysis written out: parquet tables, Table 1, the per-task table, the alarms
-against the grokking epoch, the early forecast of grokking, and the paper's figures per sweep
-(group)."""
+against the grokking epoch, the early forecast of grokking, the stopping rules side by side,
+the steering table, and the paper's figures per sweep (group)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from grokking.analysis import alarms
+from grokking.analysis import alarms, stops
 from grokking.analysis.algorithmic import baselines, figures, forecast, steering, tables
+from grokking.analysis.algorithmic import stops as grokking_stops
 from grokking.analysis.algorithmic.alarms import score_grokking
 from grokking.analysis.algorithmic.measure import measure_all
 from grokking.analysis.collect import Results
@@ -45,6 +46,10 @@ def write(results: Results, measures, at_checkpoints, out: Path, figure2_runs=No
         results.runs, results.metrics, at_checkpoints, results.matrix_lar, out
     )
     _write_steering(results, measures, out)
+    scores = grokking_stops.score_stops(results.runs, results.metrics, at_checkpoints)
+    title = "The stopping rules against the grokking epoch"
+    summary = grokking_stops.summarize(scores)
+    written |= stops.write(scores, summary, out, "stops_grokking", title)
     plots = _figures(results, measures, figure2_runs or figures.choose_runs(results.runs))
     return written | write_figures(plots, out, figures.save)
 

@@ -1,5 +1,6 @@
 """The language models' analysis written out: parquet tables, the per-run table, the
-correlations, Table 2, Figures 4–8 and the ranks, and the alarms against the overfitting step."""
+correlations, Table 2, Figures 4–8 and the ranks, the alarms against the overfitting step, and the
+stopping rules side by side."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from grokking.analysis import alarms
+from grokking.analysis import alarms, stops
 from grokking.analysis.collect import Results
 from grokking.analysis.lm import figures
+from grokking.analysis.lm import stops as lm_stops
 from grokking.analysis.lm.alarms import score_lm
 from grokking.analysis.lm.tables import correlations, runs_table, table2
 from grokking.analysis.output import write_figures, write_frames
@@ -53,4 +55,7 @@ def write(results: Results, out: Path) -> dict[str, Path]:
     written |= write_figures(plots, out)
     scores = score_lm(results.runs, results.metrics)
     title = "The alarms against the overfitting step"
-    return written | alarms.write(scores, out, "alarm_lm", title)
+    written |= alarms.write(scores, out, "alarm_lm", title)
+    scores = lm_stops.score_stops(results.runs, results.metrics)
+    title = "The stopping rules: the step kept, its excess over the best validation loss"
+    return written | stops.write(scores, lm_stops.summarize(scores), out, "stops_lm", title)
