@@ -66,4 +66,8 @@ def _figures(results: Results, measures: pd.DataFrame, figure2_runs: list[str]) 
     }
     plots |= {f"ranks_{g}": figures.figure_ranks(runs, metrics, g) for g in groups}
     plots |= {f"matrices_{g}": figures.figure_matrices(runs, results.matrix_lar, g) for g in groups}
+    plots |= {
+        f"matrices_aligned_{g}": figures.figure_matrices_aligned(runs, results.matrix_lar, g)
+        for g in groups
+    }
     return plots
