@@ -93,9 +93,12 @@ def display(scores: pd.DataFrame) -> pd.DataFrame:
 
 
 def summary(scores: pd.DataFrame) -> pd.DataFrame:
-    """Per detector: how many runs had each outcome, and the median lead."""
+    """Per detector: how many runs had each outcome, the median lead, and the median lead as a
+    share of the delay where the scores have one (`lead_share`)."""
     counts = pd.crosstab(scores["detector"], scores["outcome"])
     counts["median lead"] = scores.groupby("detector")["lead"].median()
+    if "lead_share" in scores:
+        counts["median lead share"] = scores.groupby("detector")["lead_share"].median()
     order = list(dict.fromkeys(scores["detector"]))
     return counts.reindex(order)
 

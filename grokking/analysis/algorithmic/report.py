@@ -38,7 +38,8 @@ def write(results: Results, measures, at_checkpoints, out: Path, figure2_runs=No
     write_table(tables.per_task_display(per_task), out, "per_task", tidy=per_task)
     print("Table 1 — RMSE(k_LAR, PC95), runs behind each cell:")
     print(wide.to_markdown(), end="\n\n")
-    scores = score_grokking(results.runs, results.metrics, at_checkpoints)
+    scores = score_grokking(results.runs, results.metrics, at_checkpoints,
+                            matrix_lar=results.matrix_lar)  # fmt: skip
     title = "The alarms against the grokking epoch"
     written |= alarms.write(scores, out, "alarm_grokking", title)
     written |= forecast.write(
