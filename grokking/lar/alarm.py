@@ -183,6 +183,9 @@ class SpreadRiseAlarm(Alarm):
     the matrix whose LAR stays flat longest and moves at grokking (the aligned-matrices figure):
     log it with the callbacks' `every_linear=True` (`lar/<layer>`) or read it from a run's
     matrix_lar.parquet, and call `update` with it and the training accuracy at each evaluation.
+    The defaults (5 spreads, held 3 values, 20 values to settle) were read off the first six
+    long-delay runs, not picked by scripts/tune_alarms.py, whose two informative tuning runs
+    cannot tell the settings apart; both are scored in docs/results.md.
     """
 
     rule = "spread rise"

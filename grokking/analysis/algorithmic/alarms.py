@@ -54,7 +54,8 @@ def _memorized(rise: float) -> Callable[[], Alarm]:
     return lambda: GeneralizationAlarm(rise=rise)
 
 
-# Tuned on the tuning runs by scripts/tune_alarms.py (docs/results.md, "The alarm").
+# Tuned on the tuning runs by scripts/tune_alarms.py (docs/results.md, "The alarm"), but the
+# spread rules: SpreadRiseAlarm's defaults (its docstring).
 GROKKING_DETECTORS = (
     Detector("LAR: generalization alarm", "lar", GeneralizationAlarm),
     Detector("LAR: spread rise", "lar", SpreadRiseAlarm),
