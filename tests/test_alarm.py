@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from grokking.analysis.alarms import display
 from grokking.analysis.algorithmic import alarms
 from grokking.lar.alarm import (
     AcceleratingDeclineAlarm,
@@ -288,6 +289,9 @@ def test_scoring_a_tiny_sweep_gives_fired_lead_share_and_outcome_per_run():
     assert (scores.loc["no delay", "fired"], scores.loc["no delay", "outcome"]) == (220, "no delay")
     goals = alarms.goals(scores.reset_index())
     assert goals.loc["last MLP input"].tolist() == [1, 1, 1, 1]
+    cells = display(scores.reset_index())["last MLP input"]
+    assert cells["groks"] == "390 (within 10 %, lead 10, 3% of the delay)"
+    assert cells["never"] == "– (silent)"
 
 
 def test_a_detector_on_a_matrix_the_runs_did_not_record_is_left_out():
