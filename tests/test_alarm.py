@@ -16,7 +16,9 @@ from grokking.lar.alarm import (
     OverfittingAlarm,
     RiseAlarm,
     SpreadRiseAlarm,
+    describe_alarm,
     first_firing,
+    rebuild_alarm,
 )
 
 STEPS = np.arange(400)
@@ -231,6 +233,10 @@ def test_spread_rise_resumes_from_its_state_where_it_was():
     second.load_state_dict(json.loads(json.dumps(first.state_dict())))
     fired = first_firing(second, STEPS[250:], lar[250:], train_acc=memorized_from(0)[250:])
     assert fired == 302 and second.seen[:250] == first.seen
+    # a trainer's checkpoint rebuilds it from its description, with the same settings
+    rebuilt = rebuild_alarm(describe_alarm(spread_rise(spreads=4.0, settle=7)))
+    assert isinstance(rebuilt, SpreadRiseAlarm)
+    assert (rebuilt.spreads, rebuilt.patience, rebuilt.settle) == (4.0, 3, 7)
 
 
 @pytest.mark.parametrize(

@@ -223,7 +223,7 @@ class SpreadRiseAlarm(Alarm):
         return self._fire(
             step,
             f"{lar:.4f} has stayed ≥ {self.spreads:g} spreads ({spread:.2e}) above the median "
-            f"{median:.4f} of its {len(reference)} values since memorization at step "
+            f"{median:.4f} of its {len(reference)} values since memorization at {self.unit} "
             f"{self.memorized_at} for {self.patience} values",
         )
 
