@@ -3,14 +3,20 @@
     python scripts/tune_alarms.py --grokking outputs/sweeps/alarm_grokking \
         outputs/sweeps/alarm_silent --lm docs/lm_runs/lm_overfitting docs/lm_runs/lm_lr
 
-Tuning runs: the grokking runs of seed 0 (--tune-seed) and the language-model runs of one
+Tuning runs: the grokking runs of seed 0 (--tune-seed) but those of a held-out task
+(--hold-out-task div: every run of that task is held out), and the language-model runs of one
 optimizer in the sweep `lm_overfitting` (--tune-optimizer adam); every other run is held out.
+The long-delay set (docs/results.md, "Grokking on long delays"):
+
+    python scripts/tune_alarms.py --grokking outputs/sweeps/alarm_long_delay \
+        outputs/sweeps/alarm_long_silent --hold-out-task div
+
 For every detector of grokking.analysis.<family>.alarms and each setting of its grid, the tuning
 runs are scored (grokking: runs on time − false alarms − runs early or late; language models:
 runs at or before the overfitting step − false alarms − runs early or late; ties go to the
 smaller mean distance from the truth); the best setting is printed with its scores on the tuning and
 held-out runs. The settings chosen here are the defaults in grokking/lar/alarm.py and
-grokking/analysis/<family>/alarms.py.
+grokking/analysis/<family>/alarms.py, but SpreadRiseAlarm's (its docstring says why).
 """
 
 from __future__ import annotations
@@ -22,17 +28,35 @@ import pandas as pd
 
 from grokking.analysis import alarms, lm
 from grokking.analysis.algorithmic import baselines, collect
-from grokking.analysis.algorithmic.alarms import GROKKING_DETECTORS, score_grokking
+from grokking.analysis.algorithmic.alarms import (
+    GROKKING_DETECTORS,
+    LAST_MLP_INPUT,
+    goals,
+    matrix_signal,
+    score_grokking,
+)
 from grokking.analysis.lm.alarms import LM_DETECTORS, score_lm
 from grokking.lar.alarm import (
     AcceleratingDeclineAlarm,
     GeneralizationAlarm,
     OverfittingAlarm,
     RiseAlarm,
+    SpreadRiseAlarm,
 )
 
 RISES = (0.01, 0.02, 0.03, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5)  # of log(signal): baselines
 LAR_RISES = (0.02, 0.03, 0.035, 0.04, 0.045, 0.05, 0.055, 0.06, 0.065, 0.07, 0.08)
+SPREADS = (3, 4, 5, 6, 8, 10)  # SpreadRiseAlarm's height, in robust spreads
+# SpreadRiseAlarm's settle, in values: 200 epochs of evaluations every 10 epochs (LAR) or of
+# checkpoints every 50 (the baselines measured at checkpoints)
+SETTLE = {"evaluation": 20, "checkpoint": 4}
+SPREAD_SIGNALS = {  # what the spread rule is tried on: LAR of two matrices, and the baselines
+    "lar": "evaluation",
+    matrix_signal(LAST_MLP_INPUT): "evaluation",
+    "effective_rank": "evaluation",
+    "rankme": "checkpoint",
+    "ww_alpha": "checkpoint",
+}
 
 
 def grokking_grid():
@@ -45,6 +69,21 @@ def grokking_grid():
             make = lambda r=rise: GeneralizationAlarm(rise=r)  # noqa: E731
             name = f"{signal} {direction} rise={rise}"
             yield signal, alarms.Detector(name, signal, make, transform)
+    yield from spread_grid()
+
+
+def spread_grid():
+    """SpreadRiseAlarm's settings on LAR of the unembedding and the last MLP input, and on the
+    baselines, each in the direction it moves when the model generalizes."""
+    for signal, every in SPREAD_SIGNALS.items():
+        for (direction, transform), spreads, patience in itertools.product(
+            alarms.DIRECTIONS.items(), SPREADS, (1, 2, 3)
+        ):
+            make = lambda k=spreads, p=patience, s=SETTLE[every]: SpreadRiseAlarm(  # noqa: E731
+                spreads=k, patience=p, settle=s
+            )
+            name = f"{signal} {direction} spreads={spreads} patience={patience}"
+            yield f"{signal} spread", alarms.Detector(name, signal, make, transform)
 
 
 def lm_grid():
@@ -88,7 +127,8 @@ def report(family: str, grid, score, tuning: set[str]) -> None:
         print(f"\n{family} · {kind}: best setting {detector.name}")
         scores = scores.assign(runs=scores["run"].isin(tuning).map({True: "tuned", False: "held"}))
         print(pd.crosstab(scores["runs"], scores["outcome"]).to_string())
-        print(scores[["runs", "run", "fired", "truth", "outcome"]].to_string(index=False))
+        share = ["lead_share"] if "lead_share" in scores else []  # grokking: of the delay
+        print(scores[["runs", "run", "fired", "truth", "outcome", *share]].to_string(index=False))
 
 
 def report_defaults(family: str, scores: pd.DataFrame, tuning: set[str]) -> None:
@@ -98,7 +138,7 @@ def report_defaults(family: str, scores: pd.DataFrame, tuning: set[str]) -> None
         part = scores[scores["run"].isin(tuning) == picked]
         print(f"\n{family}, the defaults on the {runs} runs ({part['run'].nunique()}):")
         table = alarms.summary(part)
-        counts = table.columns.drop("median lead")
+        counts = table.columns.drop(["median lead", "median lead share"], errors="ignore")
         table[counts] = table[counts].fillna(0).astype(int)
         print(table.to_markdown())
 
@@ -108,18 +148,31 @@ def main() -> None:
     parser.add_argument("--grokking", nargs="*", default=[])
     parser.add_argument("--lm", nargs="*", default=[])
     parser.add_argument("--tune-seed", type=int, default=0)
+    parser.add_argument("--hold-out-task", nargs="*", default=[],
+                        help="grokking tasks whose runs are all held out (div)")  # fmt: skip
     parser.add_argument("--tune-optimizer", default="adam")
     args = parser.parse_args()
     if args.grokking:
         results = collect(*args.grokking)
         at_checkpoints = baselines.measure_all(results)
-        tuning = set(results.runs.loc[results.runs["seed"] == args.tune_seed, "run"])
+        runs = results.runs
+        unknown = sorted(set(args.hold_out_task) - set(runs["task"]))
+        if unknown:
+            parser.error(f"--hold-out-task: {unknown} not among the runs' tasks "
+                         f"{sorted(runs['task'].unique())}")  # fmt: skip
+        tuned = (runs["seed"] == args.tune_seed) & ~runs["task"].isin(args.hold_out_task)
+        tuning = set(runs.loc[tuned, "run"])
 
         def score(detectors=GROKKING_DETECTORS):
-            return score_grokking(results.runs, results.metrics, at_checkpoints, detectors)
+            return score_grokking(runs, results.metrics, at_checkpoints, detectors,
+                                  results.matrix_lar)  # fmt: skip
 
         report("grokking", grokking_grid(), score, tuning)
-        report_defaults("grokking", score(), tuning)
+        defaults = score()
+        report_defaults("grokking", defaults, tuning)
+        held_out = defaults[~defaults["run"].isin(tuning)]
+        print("\ngrokking, the defaults against the goals on the held-out runs:")
+        print(goals(held_out).to_markdown())
     if args.lm:
         runs = lm.collect(*args.lm)
         picked = (runs.runs["optimizer"] == args.tune_optimizer) & (

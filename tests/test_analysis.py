@@ -144,7 +144,7 @@ FILES = [
         f"{figure}.{suffix}"
         for figure in ["figure1_smoke", "figure1_single_runs", "figure2", "figure3", "figure9"]
         + ["curves_smoke", "curves_single_runs", "ranks_smoke", "matrices_smoke"]
-        + ["matrices_single_runs"]
+        + ["matrices_single_runs", "matrices_aligned_smoke"]
         for suffix in ("png", "pdf")
     ],
 ]

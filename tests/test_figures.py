@@ -177,3 +177,41 @@ def test_figure9_minor_tick_labels_stay_off_the_log_axis(smoke):
     fig.canvas.draw()
     assert not [t for t in fig.axes[1].get_xticklabels(minor=True) if t.get_text()]
     plt.close(fig)
+
+
+def test_aligned_matrices_put_grokking_at_1_and_draw_a_run_that_never_groks_in_grey():
+    runs = pd.DataFrame({
+        "run": ["groks", "never"], "group": "g", "task": ["add", "sub"],
+        "grokked": [True, False], "memorization_epoch": [40, 40],
+        "grokking_epoch": [400, None], "final_epoch": [600, 800],
+    })  # fmt: skip
+    epochs = np.arange(0, 810, 10)
+    matrix_lar = pd.concat(
+        pd.DataFrame(
+            {
+                "run": run,
+                "epoch": epochs[epochs <= last],
+                "name": name,
+                "layer": layer,
+                "role": role,
+                "lar": 0.6,
+            }
+        )
+        for run, last in (("groks", 600), ("never", 800))
+        for name, layer, role in (
+            ("blocks.1.mlp.fc_in", 1.0, "fc_in"),
+            ("unembed", np.nan, "unembed"),
+        )
+    )
+    fig = figures.figure_matrices_aligned(runs, matrix_lar, "g")
+    assert [ax.get_title() for ax in fig.axes] == ["layer 1 · fc_in", "unembed"]
+    curves = [line for line in fig.axes[0].get_lines() if len(line.get_xdata()) > 2]
+    grokked, never = curves
+    # evaluations from memorization (40) on, up to 1.5 × the grokking epoch (or the last epoch)
+    assert np.allclose(grokked.get_xdata(), np.arange(40, 610, 10) / 400)
+    assert np.allclose(never.get_xdata(), np.arange(40, 810, 10) / 800)
+    assert never.get_color() == "gray" and never.get_linestyle() == "--"
+    assert (1.0, "green") in vertical_lines(fig.axes[0])
+    assert "never grokked: epoch / last epoch" in legend_texts(fig)
+    plt.close(fig)
+    assert figures.figure_matrices_aligned(runs, matrix_lar, "other group") is None

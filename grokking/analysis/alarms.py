@@ -78,14 +78,20 @@ def frame(rows: list[dict]) -> pd.DataFrame:
     )
 
 
+def _cell(row) -> str:
+    """A cell of the per-run table: "fired (outcome)", with the lead and its share of the delay
+    where the scores have one: "1700 (within 10 %, lead -130, -8% of the delay)"."""
+    fired = "–" if pd.isna(row["fired"]) else row["fired"]
+    share = row.get("lead_share")
+    if pd.isna(row["lead"]) or share is None or pd.isna(share):
+        return f"{fired} ({row['outcome']})"
+    return f"{fired} ({row['outcome']}, lead {row['lead']}, {share:.0%} of the delay)"
+
+
 def display(scores: pd.DataFrame) -> pd.DataFrame:
-    """The per-run table, one row per run and a column per detector: "fired (outcome)"."""
-    cells = scores.assign(
-        cell=[
-            f"{'–' if pd.isna(fired) else fired} ({outcome})"
-            for fired, outcome in zip(scores["fired"], scores["outcome"], strict=True)
-        ]
-    )
+    """The per-run table, one row per run and a column per detector: "fired (outcome)", with
+    the lead as `_cell` writes it."""
+    cells = scores.assign(cell=[_cell(row) for _, row in scores.iterrows()])
     wide = cells.pivot(index="run", columns="detector", values="cell")
     truth = scores.groupby("run")["truth"].first()
     wide.insert(0, "truth", ["–" if pd.isna(t) else str(t) for t in truth.reindex(wide.index)])
@@ -93,9 +99,12 @@ def display(scores: pd.DataFrame) -> pd.DataFrame:
 
 
 def summary(scores: pd.DataFrame) -> pd.DataFrame:
-    """Per detector: how many runs had each outcome, and the median lead."""
+    """Per detector: how many runs had each outcome, the median lead, and the median lead as a
+    share of the delay where the scores have one (`lead_share`)."""
     counts = pd.crosstab(scores["detector"], scores["outcome"])
     counts["median lead"] = scores.groupby("detector")["lead"].median()
+    if "lead_share" in scores:
+        counts["median lead share"] = scores.groupby("detector")["lead_share"].median()
     order = list(dict.fromkeys(scores["detector"]))
     return counts.reindex(order)
 

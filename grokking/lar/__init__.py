@@ -9,6 +9,7 @@ from grokking.lar.alarm import (
     GeneralizationAlarm,
     OverfittingAlarm,
     RiseAlarm,
+    SpreadRiseAlarm,
     first_firing,
 )
 from grokking.lar.metric import (
@@ -40,6 +41,7 @@ __all__ = [
     "GeneralizationAlarm",
     "OverfittingAlarm",
     "RiseAlarm",
+    "SpreadRiseAlarm",
     "first_firing",
     "Decision",
     "GrokkingStop",

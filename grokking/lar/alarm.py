@@ -10,6 +10,9 @@ value where its rule first holds, and the alarm stays fired after that (`fired_a
   tracks LAR's lowest value since; it fires when LAR has stayed at least `rise` above that low
   for `patience` consecutive values. Values at which the training accuracy has fallen back below
   `memorized` (a loss spike) are skipped.
+- `SpreadRiseAlarm` (grokking after a long delay): the same reading, with the rise measured in
+  units of LAR's own spread since memorization instead of a fixed amount; fed the LAR of
+  another matrix than the unembedding where the runs say so.
 - `OverfittingAlarm` (pre-training): LAR peaks at the end of warm-up and then declines, further
   the more the model memorizes its training set (§5: final LAR is ordered by training-set size).
   It fires when LAR's mean over the last `window` values has fallen back a fraction `retreat` of
@@ -121,6 +124,22 @@ class RiseAlarm(Alarm):
         )
 
 
+def _check_memorized(memorized: float) -> None:
+    _require(0 < memorized <= 1, f"memorized: must be in (0, 1], got {memorized}")
+
+
+def _memorized_now(alarm, step: int, train_acc: float) -> bool:
+    """Whether an alarm armed by memorization reads the value at `step`: only where the training
+    accuracy is at least `alarm.memorized`, before memorization and after it: a loss spike (the
+    model briefly forgets its training set, and LAR drops with it) would otherwise become the
+    reference every later value is measured from. Notes the first such step (`memorized_at`)."""
+    if not train_acc >= alarm.memorized:
+        return False
+    if alarm.memorized_at is None:
+        alarm.memorized_at = step
+    return True
+
+
 class GeneralizationAlarm(RiseAlarm):
     """A `RiseAlarm` on LAR armed when the training accuracy first reaches `memorized`: fires
     when LAR has stayed `rise` above its lowest value since memorization for `patience`
@@ -130,24 +149,83 @@ class GeneralizationAlarm(RiseAlarm):
     needs = ("train_acc",)
 
     def __init__(self, rise: float = 0.06, memorized: float = 0.99, patience: int = 1):
-        _require(0 < memorized <= 1, f"memorized: must be in (0, 1], got {memorized}")
+        _check_memorized(memorized)
         super().__init__(rise, patience)
         self.memorized = memorized
         self.memorized_at: int | None = None
 
     def update(self, step: int, lar: float, *, train_acc: float) -> bool:
         """Feed LAR and the training accuracy at `step`; True when the alarm fires here. A value
-        whose training accuracy is below `memorized` is skipped, before memorization and after
-        it: a loss spike (the model briefly forgets its training set, and LAR drops with it)
-        would otherwise become the low that every later value is measured from."""
-        if not train_acc >= self.memorized:
-            return False
-        if self.memorized_at is None:
-            self.memorized_at = step
-        if not super().update(step, lar):
+        whose training accuracy is below `memorized` is skipped (`_memorized_now`)."""
+        if not _memorized_now(self, step, train_acc) or not super().update(step, lar):
             return False
         self.reason += f", since memorization at {self.unit} {self.memorized_at}"
         return True
+
+
+MAD_TO_SD = 1.4826  # the median absolute deviation of normal values × this = their SD
+
+
+class SpreadRiseAlarm(Alarm):
+    """A rise measured against the run's own variation since memorization, not a fixed amount:
+    fires when LAR has stayed at least `spreads` robust spreads (1.4826 × the median absolute
+    deviation) above the median of every value fed since memorization, for `patience`
+    consecutive values. The first `settle` values after memorization only build that
+    reference. Armed like `GeneralizationAlarm` (values below `memorized` training accuracy are
+    skipped).
+
+    Why a spread: on runs that grok thousands of epochs after memorizing (docs/results.md,
+    "Grokking on long delays"), LAR drifts by a few hundredths over the whole delay in runs that
+    grok and in runs that do not, so any fixed rise either never fires or fires early on both.
+    Measured in its own spread, a steady drift or a steady oscillation stays within a few
+    spreads of the median however long it lasts; a departure at grokking does not. Fed the LAR
+    of the last block's MLP input matrix (`blocks.1.mlp.fc_in` in this project's transformer),
+    the matrix whose LAR stays flat longest and moves at grokking (the aligned-matrices figure):
+    log it with the callbacks' `every_linear=True` (`lar/<layer>`) or read it from a run's
+    matrix_lar.parquet, and call `update` with it and the training accuracy at each evaluation.
+    The defaults (5 spreads, held 3 values, 20 values to settle) were read off the first six
+    long-delay runs, not picked by scripts/tune_alarms.py, whose two informative tuning runs
+    cannot tell the settings apart; both are scored in docs/results.md.
+    """
+
+    rule = "spread rise"
+    needs = ("train_acc",)
+
+    def __init__(
+        self, spreads: float = 5.0, patience: int = 3, settle: int = 20, memorized: float = 0.99
+    ):
+        _require(spreads > 0, f"spreads: must be > 0, got {spreads}")
+        _require(patience >= 1, f"patience: must be ≥ 1, got {patience}")
+        _require(settle >= 2, f"settle: must be ≥ 2 values (a spread needs two), got {settle}")
+        _check_memorized(memorized)
+        super().__init__()
+        self.spreads, self.patience, self.settle = spreads, patience, settle
+        self.memorized = memorized
+        self.memorized_at: int | None = None
+        self.seen: list[float] = []  # every value since memorization: the reference
+        self.above = 0  # consecutive values `spreads` spreads above the reference's median
+
+    def update(self, step: int, lar: float, *, train_acc: float) -> bool:
+        """Feed LAR and the training accuracy at `step`; True when the alarm fires here."""
+        if self.fired or not self._check(step, lar) or not _memorized_now(self, step, train_acc):
+            return False
+        reference = np.asarray(self.seen)
+        self.seen.append(lar)
+        if len(reference) < self.settle:
+            return False
+        median = float(np.median(reference))
+        spread = MAD_TO_SD * float(np.median(np.abs(reference - median)))
+        # a reference of equal values has no spread: any value above it is infinitely far
+        height = (lar - median) / spread if spread > 0 else (math.inf if lar > median else 0.0)
+        self.above = self.above + 1 if height >= self.spreads else 0
+        if self.above < self.patience:
+            return False
+        return self._fire(
+            step,
+            f"{lar:.4f} has stayed ≥ {self.spreads:g} spreads ({spread:.2e}) above the median "
+            f"{median:.4f} of its {len(reference)} values since memorization at {self.unit} "
+            f"{self.memorized_at} for {self.patience} values",
+        )
 
 
 class OverfittingAlarm(Alarm):

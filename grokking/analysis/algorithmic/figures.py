@@ -330,14 +330,8 @@ def figure_matrices(runs: pd.DataFrame, matrix_lar: pd.DataFrame, group: str):
     data = matrix_lar.merge(in_group[["run", "condition"]], on="run")
     if data.empty:
         return None
-    data = data[data["epoch"] <= _x_limit(in_group)]
-    data["panel"] = [
-        role if pd.isna(layer) else f"layer {int(layer)} · {role}"
-        for layer, role in zip(data["layer"], data["role"], strict=True)
-    ]
-    data["order"] = data["role"].map({role: i for i, role in enumerate(ROLE_ORDER)})
-    ordered = data.sort_values(["layer", "order"], na_position="last")
-    panels = list(dict.fromkeys(ordered["panel"]))
+    data = _matrix_panels(data[data["epoch"] <= _x_limit(in_group)])
+    panels = list(dict.fromkeys(data["panel"]))
     fig, axes = grid(len(panels), ncols=6 if len(panels) > 8 else 4, size=(3.0, 2.5), sharey=True)
     palette = _condition_palette(in_group)
     for ax, panel in zip(axes, panels, strict=False):
@@ -347,4 +341,58 @@ def figure_matrices(runs: pd.DataFrame, matrix_lar: pd.DataFrame, group: str):
     fig.suptitle(f"LAR of every dense matrix — {group_title(group)}")
     fig.tight_layout()
     _condition_legend(fig, in_group, palette)
+    return fig
+
+
+def _matrix_panels(matrix_lar: pd.DataFrame) -> pd.DataFrame:
+    """`matrix_lar` with `panel` ("layer 0 · q", "unembed") and the panels in model order."""
+    data = matrix_lar.assign(
+        panel=[
+            role if pd.isna(layer) else f"layer {int(layer)} · {role}"
+            for layer, role in zip(matrix_lar["layer"], matrix_lar["role"], strict=True)
+        ],
+        order=matrix_lar["role"].map({role: i for i, role in enumerate(ROLE_ORDER)}),
+    )
+    return data.sort_values(["layer", "order", "epoch"], na_position="last")
+
+
+ALIGNED_UP_TO = 1.5  # × the grokking epoch (or the budget): the alarms' window and a little after
+
+
+def figure_matrices_aligned(runs: pd.DataFrame, matrix_lar: pd.DataFrame, group: str):
+    """Every dense matrix's LAR around the grokking epoch, aligned across runs: x = epoch /
+    grokking epoch, one line per run in its task's colour, so that what moves before grokking
+    (and how far ahead) reads at x < 1. A run that never groks is drawn in grey against epoch /
+    its last epoch: what an alarm would see in a run that ends without grokking. Evaluations
+    before memorization are left out (the alarms start there)."""
+    in_group = runs[(runs["group"] == group) & runs["memorization_epoch"].notna()]
+    data = matrix_lar.merge(in_group[["run", "task", "grokked", "memorization_epoch"]], on="run")
+    data = data[data["epoch"] >= data["memorization_epoch"]]
+    if data.empty:
+        return None
+    scale = in_group["grokking_epoch"].where(in_group["grokked"], in_group["final_epoch"])
+    data["x"] = data["epoch"] / data["run"].map(dict(zip(in_group["run"], scale, strict=True)))
+    data = _matrix_panels(data[data["x"] <= ALIGNED_UP_TO])
+    panels = list(dict.fromkeys(data["panel"]))
+    tasks = list(dict.fromkeys(in_group.loc[in_group["grokked"], "task"]))
+    palette = dict(zip(tasks, sns.color_palette(n_colors=max(len(tasks), 1)), strict=False))
+    fig, axes = grid(len(panels), ncols=5, size=(3.0, 2.4), sharex=True)
+    for ax, panel in zip(axes, panels, strict=False):
+        for _, curve in data[data["panel"] == panel].groupby("run", sort=False):
+            grokked = curve["grokked"].iloc[0]
+            color = palette[curve["task"].iloc[0]] if grokked else "gray"
+            ax.plot(curve["x"], curve["lar"], color=color, linewidth=0.8,
+                    linestyle="-" if grokked else "--", alpha=0.8 if grokked else 0.6)  # fmt: skip
+        ax.axvline(1.0, color="green", linestyle=":", linewidth=1)
+        ax.set_title(panel, fontsize=9)
+    for ax in axes:
+        ax.set_xlabel("epoch / grokking epoch", fontsize=8)
+    fig.suptitle(f"LAR of every dense matrix, aligned at grokking — {group_title(group)}")
+    fig.tight_layout()
+    handles = [Line2D([], [], color=c, label=f"{task} (grokked)") for task, c in palette.items()]
+    if not in_group["grokked"].all():
+        handles.append(Line2D([], [], color="gray", linestyle="--",
+                              label="never grokked: epoch / last epoch"))  # fmt: skip
+    handles.append(Line2D([], [], color="green", linestyle=":", label="grokking epoch"))
+    _legend_below(fig, handles, ncol=min(5, len(handles)))
     return fig

@@ -39,7 +39,8 @@ def write(results: Results, measures, at_checkpoints, out: Path, figure2_runs=No
     write_table(tables.per_task_display(per_task), out, "per_task", tidy=per_task)
     print("Table 1 — RMSE(k_LAR, PC95), runs behind each cell:")
     print(wide.to_markdown(), end="\n\n")
-    scores = score_grokking(results.runs, results.metrics, at_checkpoints)
+    scores = score_grokking(results.runs, results.metrics, at_checkpoints,
+                            matrix_lar=results.matrix_lar)  # fmt: skip
     title = "The alarms against the grokking epoch"
     written |= alarms.write(scores, out, "alarm_grokking", title)
     written |= forecast.write(
@@ -85,4 +86,8 @@ def _figures(results: Results, measures: pd.DataFrame, figure2_runs: list[str]) 
     }
     plots |= {f"ranks_{g}": figures.figure_ranks(runs, metrics, g) for g in groups}
     plots |= {f"matrices_{g}": figures.figure_matrices(runs, results.matrix_lar, g) for g in groups}
+    plots |= {
+        f"matrices_aligned_{g}": figures.figure_matrices_aligned(runs, results.matrix_lar, g)
+        for g in groups
+    }
     return plots
