@@ -81,17 +81,17 @@ def _delays(runs: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
     """Per run: the memorization epoch, the delay (grokking − memorization epoch; NaN for a run
     that never groks) and whether the run had one (validation accuracy < `NO_DELAY` at
     memorization)."""
-    at_memorization = runs[["run", "memorization_epoch"]].merge(
-        metrics[["run", "epoch", "val_acc"]],
-        left_on=["run", "memorization_epoch"],
-        right_on=["run", "epoch"],
-        how="left",
+    # As numbers: a column of runs none of which memorized holds only None (dtype object).
+    memorized = pd.to_numeric(runs["memorization_epoch"]).astype(float)
+    evaluated = metrics[["run", "epoch", "val_acc"]].astype({"epoch": float})
+    at_memorization = (
+        runs[["run"]].assign(epoch=memorized).merge(evaluated, on=["run", "epoch"], how="left")
     )
-    grokking = runs["grokking_epoch"].where(runs["grokked"])
+    grokking = pd.to_numeric(runs["grokking_epoch"]).where(runs["grokked"])
     return pd.DataFrame({
         "run": runs["run"].to_numpy(),
-        "memorized": runs["memorization_epoch"].to_numpy(),
-        "delay": (grokking - runs["memorization_epoch"]).to_numpy(dtype=float),
+        "memorized": memorized.to_numpy(),
+        "delay": (grokking - memorized).to_numpy(dtype=float),
         "no_delay": (at_memorization["val_acc"] >= NO_DELAY).to_numpy(),
     })  # fmt: skip
 
