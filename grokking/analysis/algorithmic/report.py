@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from grokking.analysis import alarms, stops
+from grokking.analysis import steering as shared_steering
 from grokking.analysis.algorithmic import baselines, figures, forecast, steering, tables
 from grokking.analysis.algorithmic import stops as grokking_stops
 from grokking.analysis.algorithmic.alarms import score_grokking
@@ -61,11 +62,10 @@ def _write_steering(results: Results, measures: pd.DataFrame, out: Path) -> None
     table = steering.steering_table(results.runs, results.metrics, measures)
     if table.empty:
         return
-    write_table(steering.display(table), out, "steering", tidy=table)
-    per_variant = steering.summary(table)
-    write_table(per_variant, out, "steering_summary")
-    print("Steering LAR — each regularized run against its baseline:")
-    print(per_variant.to_markdown(index=False), end="\n\n")
+    title = "Steering LAR — each regularized run against its baseline:"
+    shared_steering.write(
+        table, steering.display(table), steering.summary(table), out, "steering", title
+    )
 
 
 def _figures(results: Results, measures: pd.DataFrame, figure2_runs: list[str]) -> dict:

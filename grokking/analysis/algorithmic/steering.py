@@ -16,27 +16,14 @@ import math
 import numpy as np
 import pandas as pd
 
-REGULARIZE = "config.regularize."  # the runs table's columns of the regularizer's config
+from grokking.analysis.steering import integer_text, ratio_text, variant
+
 # What makes a baseline the same experiment as a variant besides the regularizer: budgets and
 # stopping may differ (a variant that groks sooner needs fewer epochs), these may not.
 MATCH = ["task", "p", "train_fraction", "seed", "split_seed", "config.optim.lr"]
 MATCH_OPTIONAL = ["config.optim.weight_decay", "config.optim.name"]
 AGREE = 2  # k_LAR within 2 of PC95 at the end: the issue's bar for "the same dimension"
 TARGET = 2.0  # a variant groks ≥ 2x sooner than its baseline
-
-
-def variant(row) -> str:
-    """'lar 0.3 from memorization', 'grokfast 2 from start', or 'none' (runs from before the
-    option existed have no regularizer columns: they trained without one)."""
-    name = row.get(REGULARIZE + "name")
-    if not isinstance(name, str) or name == "none":
-        return "none"
-    strength = row.get(REGULARIZE + "strength")
-    trigger = row.get(REGULARIZE + "trigger")
-    words = [name, f"{strength:g}"]
-    if isinstance(trigger, str):
-        words += ["from", trigger]
-    return " ".join(words)
 
 
 def _end(measures: pd.DataFrame) -> pd.DataFrame:
@@ -124,20 +111,10 @@ def display(table: pd.DataFrame) -> pd.DataFrame:
     """The per-run table as read: epochs as integers or '–', the speed-up with its bound."""
     shown = table.drop(columns=["speedup", "speedup_bound"]).copy()
     for column in ["grokking_epoch", "baseline_grokking_epoch"]:
-        shown[column] = [_epoch(v) for v in table[column]]
+        shown[column] = [integer_text(v) for v in table[column]]
     shown.insert(
         shown.columns.get_loc("baseline_final_epoch") + 1,
         "speedup",
-        [_ratio(v, b) for v, b in zip(table["speedup"], table["speedup_bound"], strict=True)],
+        [ratio_text(v, b) for v, b in zip(table["speedup"], table["speedup_bound"], strict=True)],
     )
     return shown
-
-
-def _epoch(value) -> str:
-    return "–" if pd.isna(value) else str(int(value))
-
-
-def _ratio(value: float, bound: str) -> str:
-    if bound == "?":
-        return "?"
-    return f"{value:.2f}" if bound == "=" else f"{bound} {value:.2f}"

@@ -15,6 +15,7 @@ from grokking import lm
 from grokking.analysis import collect as shared
 from grokking.analysis.collect import Reader, Results, flatten
 from grokking.analysis.lm import overfitting
+from grokking.analysis.steering import regularizer_columns
 from grokking.runs.config import is_runtime_field
 from grokking.runs.rundir import NUMBERS, TEXT, RunDir
 
@@ -40,20 +41,28 @@ def _run_row(name: str, _run_dir: RunDir, summary: dict, metrics: pd.DataFrame) 
         and not is_runtime_field(key, lm.FAMILY.schema.RUNTIME_FIELDS)
     }
     group = summary.get("sweep_name") or "single_runs"
-    return {
-        "run": name,
-        "group": group,
-        "condition": f"{group} seed={summary['seed']} " + _digest(fixed),
-        "optimizer": summary["optimizer"],
-        "optim_settings": repr(sorted((k, v) for k, v in config.items() if k.startswith("optim."))),
-        "lr": config["optim.lr"],
-        "train_tokens": summary["train_tokens"],
-        "epochs": summary["epochs"],
-        "max_steps": summary["max_steps"],
-        "tokens_per_step": config["batch_size"] * config["model.context"],
-        "val_batches": config["val_batches"],
-        "seed": summary["seed"],
-    } | overfitting.run_facts(metrics)
+    return (
+        {
+            "run": name,
+            "group": group,
+            "condition": f"{group} seed={summary['seed']} " + _digest(fixed),
+            "optimizer": summary["optimizer"],
+            "optim_settings": repr(
+                sorted((k, v) for k, v in config.items() if k.startswith("optim."))
+            ),
+            "lr": config["optim.lr"],
+            "train_tokens": summary["train_tokens"],
+            "epochs": summary["epochs"],
+            "max_steps": summary["max_steps"],
+            "tokens_per_step": config["batch_size"] * config["model.context"],
+            "val_batches": config["val_batches"],
+            "seed": summary["seed"],
+            "weight_decay": config["optim.weight_decay"],
+            "source": config["data.source"],  # None: Python's stdlib
+        }
+        | regularizer_columns(config)
+        | overfitting.run_facts(metrics)
+    )
 
 
 def _digest(values: dict) -> str:

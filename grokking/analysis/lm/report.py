@@ -9,8 +9,9 @@ from pathlib import Path
 import pandas as pd
 
 from grokking.analysis import alarms, stops
+from grokking.analysis import steering as shared_steering
 from grokking.analysis.collect import Results
-from grokking.analysis.lm import figures
+from grokking.analysis.lm import figures, steering
 from grokking.analysis.lm import stops as lm_stops
 from grokking.analysis.lm.alarms import score_lm
 from grokking.analysis.lm.tables import correlations, runs_table, table2
@@ -56,6 +57,19 @@ def write(results: Results, out: Path) -> dict[str, Path]:
     scores = score_lm(results.runs, results.metrics)
     title = "The alarms against the overfitting step"
     written |= alarms.write(scores, out, "alarm_lm", title)
+    _write_steering(results, out)
     scores = lm_stops.score_stops(results.runs, results.metrics)
     title = "The stopping rules: the step kept, its excess over the best validation loss"
     return written | stops.write(scores, lm_stops.summarize(scores), out, "stops_lm", title)
+
+
+def _write_steering(results: Results, out: Path) -> None:
+    """lm_steering.md and lm_steering_summary.md, where some runs trained with a regularizer or
+    with weight decay and their references are among the runs analysed."""
+    table = steering.steering_table(results.runs, results.metrics)
+    if table.empty:
+        return
+    title = "Steering LAR — each treated language model against its references:"
+    shared_steering.write(
+        table, steering.display(table), steering.summary(table), out, "lm_steering", title
+    )
