@@ -13,31 +13,21 @@ Needs the `integrations` extra: pip install -e ".[integrations]".
 import sys
 
 import torch
-from transformers import Gemma2Config, Gemma2ForCausalLM, Trainer, TrainingArguments
+from tiny_gemma import noisy_pattern, tiny_gemma  # examples/tiny_gemma.py
+from transformers import Trainer, TrainingArguments
 
 from grokking.integrations.huggingface import LAREarlyStopping
 
 output_dir = sys.argv[1] if len(sys.argv) > 1 else "outputs/examples/hf_stop"
 torch.manual_seed(0)
-config = Gemma2Config(
-    vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-    num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=64,
-)  # fmt: skip
-model = Gemma2ForCausalLM(config)
-
-
-def noisy_pattern(rows: int, seed: int) -> list[dict]:
-    """Rows of a fixed token pattern plus noise."""
-    noise = torch.randint(0, 8, (rows, 32), generator=torch.Generator().manual_seed(seed))
-    tokens = (torch.arange(32) * 7 + noise) % config.vocab_size
-    return [{"input_ids": row, "labels": row} for row in tokens]
-
+model = tiny_gemma(hidden_size=32, layers=1)
+dataset = [{"input_ids": row, "labels": row} for row in noisy_pattern(64)]
 
 args = TrainingArguments(
     output_dir=output_dir, max_steps=200, per_device_train_batch_size=8, learning_rate=1e-2,
     logging_steps=10, report_to="none", save_strategy="no", use_cpu=True, disable_tqdm=True,
 )  # fmt: skip
-trainer = Trainer(model=model, args=args, train_dataset=noisy_pattern(64, seed=0))
+trainer = Trainer(model=model, args=args, train_dataset=dataset)
 # window=10: this run is 200 steps, not the thousands the default 50-step window is made for
 stopper = LAREarlyStopping(window=10).attach(trainer)
 trainer.train()

@@ -14,7 +14,7 @@ import sys
 
 import lightning
 import torch
-from transformers import Gemma2Config, Gemma2ForCausalLM
+from tiny_gemma import noisy_pattern, tiny_gemma  # examples/tiny_gemma.py
 
 from grokking.integrations.lightning import LAREarlyStopping
 
@@ -24,11 +24,7 @@ log_dir = sys.argv[1] if len(sys.argv) > 1 else "outputs/examples/lightning_stop
 class LanguageModel(lightning.LightningModule):
     def __init__(self):
         super().__init__()
-        config = Gemma2Config(
-            vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-            num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=64,
-        )  # fmt: skip
-        self.model = Gemma2ForCausalLM(config)
+        self.model = tiny_gemma(hidden_size=32, layers=1)
 
     def training_step(self, batch, batch_idx):
         (tokens,) = batch
@@ -39,8 +35,7 @@ class LanguageModel(lightning.LightningModule):
 
 
 torch.manual_seed(0)
-noise = torch.randint(0, 8, (64, 32), generator=torch.Generator().manual_seed(0))
-tokens = (torch.arange(32) * 7 + noise) % 256  # a fixed token pattern plus noise
+tokens = noisy_pattern(64)  # 64 noisy copies of a token pattern
 loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(tokens), batch_size=8)
 # window=10: this fit is 200 steps, not the thousands the default 50-step window is made for
 stopper = LAREarlyStopping(window=10)

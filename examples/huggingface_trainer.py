@@ -11,18 +11,15 @@ Needs the `integrations` extra: pip install -e ".[integrations]".
 import sys
 
 import torch
-from transformers import Gemma2Config, Gemma2ForCausalLM, Trainer, TrainingArguments
+from tiny_gemma import LENGTH, VOCAB, tiny_gemma  # examples/tiny_gemma.py
+from transformers import Trainer, TrainingArguments
 
 from grokking.integrations.huggingface import LARCallback
 
 output_dir = sys.argv[1] if len(sys.argv) > 1 else "outputs/examples/hf"
 torch.manual_seed(0)
-config = Gemma2Config(
-    vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-    num_attention_heads=2, num_key_value_heads=1, head_dim=32, max_position_embeddings=64,
-)  # fmt: skip
-model = Gemma2ForCausalLM(config)
-tokens = torch.randint(0, config.vocab_size, (64, 32))
+model = tiny_gemma(hidden_size=64, layers=2)
+tokens = torch.randint(0, VOCAB, (64, LENGTH))
 dataset = [{"input_ids": row, "labels": row} for row in tokens]
 
 args = TrainingArguments(

@@ -199,6 +199,8 @@ class FiresAfter(Alarm):
         self.values, self.seen = values, 0
 
     def update(self, step, lar):
+        if self.fired:  # as every alarm of grokking.lar.alarm: what it has seen stops there
+            return False
         self.seen += 1
         return self.seen == self.values and self._fire(step, f"{self.values} values")
 
@@ -365,6 +367,57 @@ def test_lightning_logs_nan_once_the_weights_are_nan(tmp_path):
     first_two = [lar(weight, inputs) for weight, inputs in seen.calls[:2]]
     assert list(metrics["lar"][:2]) == pytest.approx(first_two, rel=1e-6)
     assert metrics["lar"][2:].isna().all()  # not step 1's value again
+
+
+def lightning_alarm_fit(tmp_path, alarms, max_steps, ckpt_path=None):
+    """A fit with one LARCallback per alarm (`FiresAfter(n)` for each n), each stopping at its
+    alarm, saved at its end to tmp_path/last.ckpt; resumed from `ckpt_path` if given. Returns
+    the trainer, the callbacks and the alarm warnings."""
+    from grokking.integrations.lightning import LARCallback
+
+    torch.manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(64, 8), torch.randint(0, 4, (64,)))
+    callbacks = [LARCallback(alarm=FiresAfter(n), stop_on_alarm=True) for n in alarms]
+    trainer = lightning.Trainer(
+        max_steps=max_steps, callbacks=callbacks, logger=False, accelerator="cpu",
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(Classifier(), torch.utils.data.DataLoader(data, batch_size=8),
+                    ckpt_path=ckpt_path)  # fmt: skip
+    trainer.save_checkpoint(tmp_path / "last.ckpt")
+    fired = [str(w.message) for w in caught if "LAR alarm" in str(w.message)]
+    return trainer, callbacks, fired
+
+
+def test_lightning_alarm_keeps_its_state_in_the_checkpoint_and_does_not_fire_again(tmp_path):
+    first, (callback,), fired = lightning_alarm_fit(tmp_path, [3], max_steps=10)
+    assert fired == ["LAR alarm at step 2 (count): 3 values"] and first.global_step == 3
+    before = callback.watch.alarm.state_dict()
+    resumed, (callback,), fired = lightning_alarm_fit(
+        tmp_path, [3], max_steps=10, ckpt_path=tmp_path / "last.ckpt"
+    )
+    assert callback.watch.alarm.state_dict() == before  # fired at step 2 after 3 values
+    assert fired == []  # not re-armed: it does not fire a second time
+    assert resumed.global_step == 4  # stopped at the first step after the resume
+    # a checkpoint taken half way to firing: the resumed fit fires where the whole one did
+    lightning_alarm_fit(tmp_path / "half", [3], max_steps=2)
+    resumed, (callback,), fired = lightning_alarm_fit(
+        tmp_path, [3], max_steps=10, ckpt_path=tmp_path / "half" / "last.ckpt"
+    )
+    assert fired == ["LAR alarm at step 2 (count): 3 values"] and resumed.global_step == 3
+
+
+def test_two_lightning_alarms_in_one_fit_keep_their_own_state(tmp_path):
+    # the first fires at step 1 and stops the fit; the second has seen 2 of its 5 values
+    _, callbacks, _ = lightning_alarm_fit(tmp_path, [2, 5], max_steps=10)
+    before = [c.watch.alarm.state_dict() for c in callbacks]
+    assert [(state["values"], state["fired_at"]) for state in before] == [(2, 1), (5, None)]
+    # resumed at the checkpoint's own step: its state is loaded, and no step runs
+    _, callbacks, _ = lightning_alarm_fit(tmp_path, [2, 5], max_steps=2,
+                                          ckpt_path=tmp_path / "last.ckpt")  # fmt: skip
+    assert [c.watch.alarm.state_dict() for c in callbacks] == before
 
 
 class NoDenseLayer(lightning.LightningModule):

@@ -104,7 +104,7 @@ def test_a_validation_document_edited_in_place_is_no_resume(tmp_path, corpus_dir
     import shutil
 
     from grokking.lm import load_config, train
-    from grokking.lm.corpus import split_documents
+    from grokking.lm.corpus import corpus_files, split_documents
     from grokking.lm.data import _dataset, dataset
     from grokking.runs.rundir import DamagedCheckpoint
 
@@ -116,21 +116,24 @@ def test_a_validation_document_edited_in_place_is_no_resume(tmp_path, corpus_dir
     first = train(cfg, run.path)
     summary = run.read_summary()
     run.write_summary(summary | {"status": "running"})  # what a kill -9 leaves
-    # Swap two validation documents: the same texts, so the same BPE and training tokens.
-    files = sorted(source.iterdir())
-    _, (a, b, *_) = split_documents(len(files), cfg.data.val_fraction, cfg.data.split_seed)
-    text_a, text_b = files[a].read_text(), files[b].read_text()
-    files[a].write_text(text_b)
-    files[b].write_text(text_a)
+    # Swap two validation documents: the same texts, so the same BPE and training tokens. The
+    # documents as the corpus numbers them (not the folder's listing, which may hold more).
+    _, documents = corpus_files(source)
+    _, (a, b, *_) = split_documents(len(documents), cfg.data.val_fraction, cfg.data.split_seed)
+    text_a, text_b = documents[a].read_text(), documents[b].read_text()
+    documents[a].write_text(text_b)
+    documents[b].write_text(text_a)
     _dataset.cache_clear()  # as a new process would
+    # What the refusal must see, checked first so that a test whose edit missed the data fails
+    # here rather than as the refusal missing: only the validation batch changed.
+    now = dataset(cfg).meta
+    assert now["train_hash"] == first["data"]["train_hash"]
+    assert now["val_hash"] != first["data"]["val_hash"], "the same validation batch"
     with pytest.raises(DamagedCheckpoint) as refused:
         train(cfg, run.path)
     assert f"{run.checkpoint_path('last')} is not a resume point of this run (it was validated" in (
         str(refused.value)
     )
-    now = dataset(cfg).meta
-    assert now["train_hash"] == first["data"]["train_hash"]  # only validation changed
-    assert now["val_hash"] != first["data"]["val_hash"]
 
 
 def _flat_config(run: RunDir) -> dict:

@@ -9,6 +9,10 @@ Logged at every optimizer step (and written by the loggers every `log_every_n_st
 default: set it to 1 to keep every step): `lar` (NaN from the step the weights turn NaN on),
 `lar_alarm` (1 from the step the alarm fires on), and `lar/<layer>` for each dense layer the step
 reached with `every_linear=True`. A module without a dense layer is refused at `setup`.
+
+The alarm's state is in each checkpoint (`state_dict`): a fit resumed with
+`trainer.fit(..., ckpt_path=...)` and the same callback goes on with the alarm where it was (one
+that fired stays fired) rather than re-arming it.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from grokking.integrations.watch import (
     find_layer,
     finite_mean,
 )
-from grokking.lar.alarm import Alarm
+from grokking.lar.alarm import Alarm, describe_alarm
 from grokking.lar.select import OverfittingStop
 
 
@@ -74,6 +78,26 @@ class LARCallback(Callback):
 
     def on_fit_end(self, trainer, pl_module):
         self.watch.remove()
+
+    @property
+    def state_key(self) -> str:
+        """Where the checkpoint keeps this callback's state: the layer and the alarm name it, so
+        that two callbacks in one trainer (two layers, two alarms) keep their own. A callback
+        given another alarm on resuming finds no state: its alarm starts afresh, and Lightning
+        warns that the checkpoint's callback is missing."""
+        alarm = self.watch.alarm
+        # an alarm describe_alarm cannot describe is named by its class alone
+        named = None if alarm is None else describe_alarm(alarm) or type(alarm).__qualname__
+        return self._generate_state_key(module=self.watch.module_name, alarm=named)
+
+    def state_dict(self) -> dict:
+        """What the alarm has seen (nothing without an alarm: Lightning stores no empty state)."""
+        alarm = self.watch.alarm
+        return {} if alarm is None else {"alarm": alarm.state_dict()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if "alarm" in state_dict:  # the key matched: the same alarm, so the same state fits
+            self.watch.alarm.load_state_dict(state_dict["alarm"])
 
 
 class LAREarlyStopping(LARCallback):
@@ -135,12 +159,13 @@ class LAREarlyStopping(LARCallback):
 
     def state_dict(self) -> dict:
         """The rule's state and the candidates' weights: the checkpoint holds tensors."""
-        return self.stopper.state_dict() | {
+        return super().state_dict() | self.stopper.state_dict() | {
             "kept": self.stopper.kept, "stopped_epoch": self.stopped_epoch,
             "epoch_lars": list(self.epoch_lars),
         }  # fmt: skip
 
     def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
         self.stopper.load_state_dict(state_dict)
         self.stopper.kept = dict(state_dict["kept"])
         self.stopped_epoch, self.epoch_lars = state_dict["stopped_epoch"], state_dict["epoch_lars"]
