@@ -10,6 +10,11 @@ over the `eval_every` steps between two).
 
     python benchmarks/lm_cost.py                # the default config, one thread
     python benchmarks/lm_cost.py --steps 40 --threads 2 data.train_tokens=200000
+    python benchmarks/lm_cost.py --no-signals model=gemma2_256   # the larger size's steps only
+
+A size other than the default is a `model=NAME` override (conf/lm/model/); the projection then
+covers the runs of each sweep file at that size only (a sweep may hold both). `--no-signals`
+skips the stopping signals' costs, most of the measuring time at the larger size.
 
 The corpus is tokenized first if its cache (data.cache_dir) does not hold it yet."""
 
@@ -134,12 +139,44 @@ def sweep_runs(path: Path) -> list[dict]:
     return runs
 
 
+def runs_at_size(path: Path, measured) -> list[dict]:
+    """The runs of sweep file `path` whose model is `measured` (a ModelConfig): a run's model is
+    its `model` option, the config's default where the sweep names none."""
+    runs = sweep_runs(path)
+    names = {run.get("model") for run in runs}
+    models = {name: load_config([f"model={name}"] if name else []).model for name in names}
+    return [run for run in runs if models[run.get("model")] == measured]
+
+
+def print_signals(engine: LMEngine, step: float) -> None:
+    """What each stopping signal costs, as a share of a step of `step` seconds."""
+    rules = {
+        "LAR's OverfittingStop": rule_seconds(OverfittingStop),
+        "LAR's accelerating decline": rule_seconds(AcceleratingDeclineAlarm),
+    }
+    added_s = signal_seconds(engine)
+    print(f"stopping signals, as a share of an Adam step ({step * 1e3:.0f} ms):")
+    for name, rule_s in rules.items():
+        print(f"  {name}: {rule_s * 1e6:.1f} µs per step = {rule_s / step:.3%} of a step")
+    every = engine.cfg.eval_every
+    for name, extra in added_s.items():
+        print(
+            f"  {name}: {extra:.2f} s per evaluation = {extra / step:.1f} steps; evaluated every "
+            f"{every} steps: {extra / every / step:.1%} of a step"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=20, help="timed steps (median)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cores", type=int, default=2, help="runs of a sweep at once")
-    parser.add_argument("overrides", nargs="*", help="config overrides, as on the command line")
+    parser.add_argument(
+        "--no-signals", action="store_true", help="skip the stopping signals' costs"
+    )
+    parser.add_argument(
+        "overrides", nargs="*", help="config overrides, as on the command line (model=gemma2_256)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     engines = {}
@@ -154,11 +191,6 @@ def main() -> None:
     lar_s = {name: lar_seconds(e, args.steps * 5) for name, e in engines.items()}
     flops = {name: step_flops(e) for name, e in engines.items()}
     peak = matmul_flops(1024, 1024, 1024)
-    rules = {
-        "LAR's OverfittingStop": rule_seconds(OverfittingStop),
-        "LAR's accelerating decline": rule_seconds(AcceleratingDeclineAlarm),
-    }
-    added_s = signal_seconds(engines["adam"])
     eval_all_s = seconds(engine.evaluate, 3)
     cfg.lar_layers = LarLayers.unembed
     eval_unembed_s = seconds(engine.evaluate, 3)
@@ -186,31 +218,26 @@ def main() -> None:
         f"unembedding's only: every matrix costs {(eval_all_s - eval_unembed_s) / eval_all_s:.1%}"
         " of an evaluation"
     )
-    step = step_s["adam"]
-    print(f"stopping signals, as a share of an Adam step ({step * 1e3:.0f} ms):")
-    for name, rule_s in rules.items():
-        print(f"  {name}: {rule_s * 1e6:.1f} µs per step = {rule_s / step:.3%} of a step")
-    every = cfg.eval_every
-    for name, extra in added_s.items():
-        print(
-            f"  {name}: {extra:.2f} s per evaluation = {extra / step:.1f} steps; evaluated every "
-            f"{every} steps: {extra / every / step:.1%} of a step"
-        )
+    if not args.no_signals:
+        print_signals(engines["adam"], step_s["adam"])
     print(f"setup (data, model): {setup_s:.1f} s")
+    print(f"sweeps, their runs at this size ({cfg.model.size}):")
     for path in sorted(SWEEPS.glob("*.yaml")):
         sweep = yaml.safe_load(path.read_text())
         steps = sweep.get("token_budget", cfg.token_budget) // tokens
         evals = steps // sweep.get("eval_every", cfg.eval_every) + 1
         runs = [
             setup_s + steps * step_s[run.get("optim", "adam")] + evals * eval_all_s
-            for run in sweep_runs(path)
+            for run in runs_at_size(path, cfg.model)
         ]
+        if not runs:
+            continue
         # the launcher hands runs to `cores` workers as they free up: longest first bounds it
         finish = [0.0] * args.cores
         for run_s in sorted(runs, reverse=True):
             finish[finish.index(min(finish))] += run_s
         print(
-            f"{path.stem}: {len(runs)} runs, {min(runs) / 60:.1f}-{max(runs) / 60:.1f} min each "
+            f"  {path.stem}: {len(runs)} runs, {min(runs) / 60:.1f}-{max(runs) / 60:.1f} min each "
             f"({steps} steps, {evals} evaluations): ~{max(finish) / 60:.0f} min on "
             f"{args.cores} cores"
         )

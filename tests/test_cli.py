@@ -69,7 +69,7 @@ def test_help_lists_only_the_options_of_its_family(tmp_path, family, module):
         ("algorithmic", ["+sweeps=lm_lr"], "sweeps: no option 'lm_lr'; allowed: alarm_grokking,"),
         ("lm", ["optim=adamw"], "optim: no option 'adamw'; allowed: adam, muon"),
         ("lm", ["model=transformer"], "model: no option 'transformer'; allowed: gemma2"),
-        ("lm", ["+sweeps=smoke"], "sweeps: no option 'smoke'; allowed: lm_lr, lm_overfitting"),
+        ("lm", ["+sweeps=smoke"], "sweeps: no option 'smoke'; allowed: lm_lr, lm_lr_256,"),
     ],
 )
 def test_an_option_of_the_other_family_is_refused_in_one_line(

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import REPO, run_cli, tiny_lm
+from omegaconf import OmegaConf
 from torch.optim._muon import _zeropower_via_newtonschulz
 
 from grokking.lar import LARProbe, lar
@@ -153,6 +154,7 @@ def test_help_lists_the_language_model_sweeps_and_the_config(tmp_path):
     (sweeps,) = [line for line in result.stdout.splitlines() if line.startswith("Sweep files")]
     listed = sweeps.split(": ", 1)[1].split(", ")
     assert listed == sorted(path.stem for path in (REPO / "sweeps" / "lm").glob("*.yaml"))
+    assert "Models (model=NAME): gemma2, gemma2_256" in result.stdout
     assert "token_budget: 1000000" in result.stdout and "vocab_size: 1024" in result.stdout
     assert not any(tmp_path.iterdir())
 
@@ -313,6 +315,68 @@ def test_more_training_tokens_than_the_corpus_holds_is_refused(tmp_path, corpus_
     assert result.returncode == 2, result.stderr
     assert "data.train_tokens:" in result.stderr and "10000000" in result.stderr
     assert not (tmp_path / "outputs" / "lm" / "runs").exists()
+
+
+# --- the second, larger size (conf/lm/model/gemma2_256.yaml) -------------------------------
+LARGER_SWEEPS = ("lm_overfitting_256", "lm_lr_256", "lm_lr_muon_256")
+
+
+def larger_size_parameters(vocab_size: int) -> int:
+    """Gemma-2 at hidden 256, 4 layers of 8 heads of 32 and an MLP of 1024, counted by hand:
+    per layer q, k, v, o (256 x 256 each), gate, up, down (256 x 1024 each) and 4 norm gains;
+    the untied embedding and unembedding; the final norm."""
+    layer = 4 * 256 * 256 + 3 * 256 * 1024 + 4 * 256
+    return 4 * layer + 2 * vocab_size * 256 + 256
+
+
+@pytest.fixture(scope="module")
+def corpus_cache(tmp_path_factory):
+    """One tokenization of the corpus for the tests that train in this process."""
+    return tmp_path_factory.mktemp("lm_cache")
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "muon"])
+def test_the_larger_size_passes_the_check_and_trains_a_few_steps(
+    tmp_path, corpus_dir, corpus_cache, optimizer
+):
+    from grokking.lm import load_config, train
+
+    tiny = [o for o in tiny_lm(corpus_dir, corpus_cache) if not o.startswith("model.")]
+    overrides = ["model=gemma2_256", f"optim={optimizer}", "batch_size=2", "val_batches=1"]
+    cfg = load_config([*tiny, *overrides, "token_budget=768", "eval_every=2"])  # 3 steps
+    m = cfg.model
+    dimensions = (m.n_layers, m.hidden_size, m.n_heads, m.head_dim, m.intermediate_size)
+    assert dimensions + (m.context,) == (4, 256, 8, 32, 1024, 128)
+    train(cfg, tmp_path / "run")
+    summary = RunDir(tmp_path / "run").read_summary()
+    assert summary["status"] == "completed" and summary["final_step"] == 3
+    assert summary["optimizer"] == optimizer
+    parameters = larger_size_parameters(summary["data"]["vocab_size"])
+    assert summary["model"] == {"size": "hidden 256 × 4 layers", "parameters": parameters}
+
+
+def test_the_default_size_counts_its_parameters(tiny_run):
+    summary = tiny_run[0].read_summary()
+    layer = 4 * 32 * 32 + 3 * 32 * 64 + 4 * 32  # tiny_lm's hidden 32, MLP 64, 4 heads of 8
+    vocab = summary["data"]["vocab_size"]
+    expected = {"size": "hidden 32 × 2 layers", "parameters": 2 * layer + 2 * vocab * 32 + 32}
+    assert summary["model"] == expected
+
+
+@pytest.mark.parametrize("sweep", [*LARGER_SWEEPS, "lm_lr_muon"])
+def test_every_run_of_the_size_sweeps_composes_at_its_size(sweep):
+    """Every value of the sweep file composes and passes `validate` (the i-th run takes each
+    key's i-th value, cycling), at the larger size in the _256 files and at the default size in
+    lm_lr_muon."""
+    from grokking.lm import load_config
+
+    params = OmegaConf.load(REPO / "sweeps" / "lm" / f"{sweep}.yaml").hydra.sweeper.params
+    values = [[f"{key}={v}" for v in str(value).split(",")] for key, value in params.items()]
+    size = "hidden 256 × 4 layers" if sweep in LARGER_SWEEPS else "hidden 128 × 2 layers"
+    for i in range(max(map(len, values))):
+        overrides = [options[i % len(options)] for options in values]
+        cfg = load_config([f"+sweeps={sweep}", *overrides])
+        assert cfg.model.size == size and cfg.sweep_name == sweep, overrides
 
 
 # --- the model, the probe and the optimizers ------------------------------------------------

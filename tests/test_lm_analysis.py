@@ -137,3 +137,42 @@ def test_the_notebook_executes_on_the_tiny_sweep(tiny_sweep, monkeypatch, tmp_pa
     images = [o["data"]["image/png"] for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) == 6 and len(set(images)) == 6  # Figures 4-8 and the ranks, each once
     assert any("overfitting_step" in str(o.get("data", {})) for o in outputs)
+
+
+def test_runs_of_two_model_sizes_are_told_apart(tiny_sweep, tmp_path):
+    """The tiny sweep's Adam runs copied as a wider, deeper model's: each size its own baseline,
+    the labels, Table 2's rows and the figures' panels named by size; one size alone is not."""
+    import json
+    import shutil
+
+    from grokking.analysis.lm import collect
+    from grokking.analysis.lm.figures import figure4
+    from grokking.analysis.lm.tables import table2
+    from grokking.runs.rundir import find_runs
+
+    wider = tmp_path / "wider"
+    for run in find_runs(tiny_sweep / "sweep"):
+        summary = run.read_summary()
+        if summary["optimizer"] == "adam":
+            shutil.copytree(run.path, wider / run.path.name)
+            summary["config"]["model"] |= {"hidden_size": 64, "n_layers": 4}
+            (wider / run.path.name / "summary.json").write_text(json.dumps(summary))
+    assert not collect(tiny_sweep / "sweep").runs["label"].str.contains("hidden").any()
+
+    results = collect(tiny_sweep / "sweep", wider)
+    runs = results.runs
+    small, large = "hidden 32 × 2 layers", "hidden 64 × 4 layers"
+    assert list(runs["model"].unique()) == [small, large]  # the smaller first
+    assert runs.groupby("model")["baseline"].sum().to_dict() == {small: 2, large: 1}
+    assert set(runs.loc[runs["model"] == large, "label"]) == {
+        f"{large}: adam, 2k",
+        f"{large}: adam, 8k",
+    }
+    wide, _ = table2(results)
+    assert sorted(wide.index) == sorted(runs["label"])  # 6 distinct rows, named by size
+    titles = [ax.get_title() for ax in figure4(results).axes[::3]]  # 3 panels a row
+    assert titles == [
+        f"tiny, {small}: adam: training loss",
+        f"tiny, {small}: muon: training loss",
+        f"tiny, {large}: adam: training loss",
+    ]

@@ -70,6 +70,17 @@ class ModelConfig:
     # Gemma-2 soft-caps attention logits at 50; the paper does not say (a choice: kept).
     attn_logit_softcapping: Optional[float] = 50.0  # noqa: UP045 — None: off
 
+    @property
+    def size(self) -> str:
+        return size_name(self.hidden_size, self.n_layers)
+
+
+def size_name(hidden_size: int, n_layers: int) -> str:
+    """How summaries, tables and figures name a model's size: 'hidden 256 × 4 layers'. The two
+    sizes of conf/lm/model/ differ in both; a run that overrides another dimension is told apart
+    by its config (the analysis's condition), not by this name."""
+    return f"hidden {hidden_size} × {n_layers} layers"
+
 
 @dataclass
 class OptimConfig:

@@ -67,6 +67,10 @@ class LMRecord(RunRecord):
         return {name: tensor.shape for name, tensor in model.state_dict().items()}
 
     @functools.cached_property
+    def n_parameters(self) -> int:
+        return sum(math.prod(shape) for shape in self.model_shapes().values())
+
+    @functools.cached_property
     def orthogonalize_dtype(self) -> str | None:
         """The dtype of Muon's Newton–Schulz iterations (None under Adam): the config's choice on
         this machine; a resumed run's is the one it started with (`restore`), as is its Muon's,
@@ -175,6 +179,7 @@ class LMRecord(RunRecord):
         best = min(evaluations, key=lambda row: row["val_loss"], default=None)
         last = self.metrics[-1] if self.metrics else {}
         return {
+            "model": {"size": cfg.model.size, "parameters": self.n_parameters},
             "optimizer": cfg.optim.name.value,
             "orthogonalize_dtype": self.orthogonalize_dtype,  # Muon's Newton–Schulz; None: Adam
             "train_tokens": meta["train_tokens"],

@@ -16,6 +16,7 @@ from grokking.analysis import collect as shared
 from grokking.analysis.collect import Reader, Results, flatten
 from grokking.analysis.lm import overfitting
 from grokking.analysis.steering import regularizer_columns
+from grokking.lm.config import size_name
 from grokking.runs.config import is_runtime_field
 from grokking.runs.rundir import NUMBERS, TEXT, RunDir
 
@@ -46,6 +47,9 @@ def _run_row(name: str, _run_dir: RunDir, summary: dict, metrics: pd.DataFrame) 
             "run": name,
             "group": group,
             "condition": f"{group} seed={summary['seed']} " + _digest(fixed),
+            "model": size_name(config["model.hidden_size"], config["model.n_layers"]),
+            "hidden_size": config["model.hidden_size"],
+            "n_layers": config["model.n_layers"],
             "optimizer": summary["optimizer"],
             "optim_settings": repr(
                 sorted((k, v) for k, v in config.items() if k.startswith("optim."))
@@ -70,8 +74,10 @@ def _digest(values: dict) -> str:
 
 
 def _with_baselines(runs: pd.DataFrame) -> pd.DataFrame:
-    """Mark each condition and optimizer's baseline: its run on the largest training set."""
-    runs = runs.sort_values(["condition", "optimizer", "train_tokens"]).reset_index(drop=True)
+    """Mark each condition and optimizer's baseline: its run on the largest training set. The
+    smaller model first, where the runs hold several sizes (each size is its own condition)."""
+    order = ["hidden_size", "n_layers", "condition", "optimizer", "train_tokens"]
+    runs = runs.sort_values(order).reset_index(drop=True)
     keys = ["condition", "optimizer", "optim_settings"]
     largest = runs.groupby(keys)["train_tokens"].transform("max")
     runs["baseline"] = runs["train_tokens"] == largest
@@ -80,7 +86,14 @@ def _with_baselines(runs: pd.DataFrame) -> pd.DataFrame:
     several = runs.groupby(["condition", "optimizer"])["optim_settings"].transform("nunique") > 1
     rates = [f", lr={lr:g}" if flag else "" for lr, flag in zip(runs["lr"], several, strict=True)]
     runs["label"] += rates
+    if several_sizes(runs):  # the size first: "hidden 256 × 4 layers: adam, 100k"
+        runs["label"] = runs["model"] + ": " + runs["label"]
     return runs
+
+
+def several_sizes(runs: pd.DataFrame) -> bool:
+    """Whether `runs` hold models of several sizes: their labels and figure panels name it."""
+    return runs["model"].nunique() > 1
 
 
 def _tokens(count: int) -> str:

@@ -12,14 +12,19 @@ import seaborn as sns
 from grokking.analysis.collect import Results
 from grokking.analysis.figures import grid
 from grokking.analysis.lm import overfitting
+from grokking.analysis.lm.collect import several_sizes
 from grokking.analysis.lm.tables import differentials, pearson_r
 
 
 def _per_optimizer(results: Results):
-    """(title, its runs) for each condition and optimizer setting, in order."""
+    """(title, its runs) for each condition and optimizer setting, in order; the title names
+    the model's size where the runs hold several."""
     keys = ["condition", "optimizer", "optim_settings"]
+    sized = several_sizes(results.runs)
     for (_, optimizer, _), runs in results.runs.groupby(keys, sort=False):
-        yield f"{runs['group'].iloc[0]}: {optimizer}", runs
+        first = runs.iloc[0]
+        where = f"{first['group']}, {first['model']}" if sized else first["group"]
+        yield f"{where}: {optimizer}", runs
 
 
 def _lines(ax, results: Results, runs: pd.DataFrame, column: str, smooth: int = 1) -> None:

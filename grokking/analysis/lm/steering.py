@@ -19,8 +19,8 @@ import pandas as pd
 from grokking.analysis.lm.overfitting import evaluations
 from grokking.analysis.steering import integer_text, ratio_text, variant
 
-# What makes a reference the same experiment as a run besides the treatment
-MATCH = ["train_tokens", "seed", "max_steps", "tokens_per_step", "source"]
+# What makes a reference the same experiment as a run besides the treatment (model: its size)
+MATCH = ["model", "train_tokens", "seed", "max_steps", "tokens_per_step", "source"]
 LATER = 1.25  # "the overfitting step ≥ 25 % later"
 PLAIN = "none"
 REFERENCES = {"plain": "the same optimizer, plain", "adam_wd": "Adam with weight decay"}
