@@ -20,6 +20,7 @@ BUDGET = 488
 def _run(name, optimizer, tokens, min_val_loss, overfitting_step, weight_decay=0.0, **regularize):
     return {
         "run": name,
+        "model": "hidden 128 × 2 layers",
         "optimizer": optimizer,
         "train_tokens": tokens,
         "seed": 0,
