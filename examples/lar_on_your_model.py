@@ -1,17 +1,23 @@
 """LAR on a model this project did not write: a small torch.nn classifier trained on a toy task.
 
-    python examples/lar_on_your_model.py
+    python examples/lar_on_your_model.py [STEPS]   (200 training steps by default)
 
 Attach probes by name pattern, run no-grad passes over the data you care about, read a table.
 The attention's `2.self_attn.out_proj` comes out with no rows and a note: nn.MultiheadAttention
 never calls that nn.Linear (its fused attention reads the weight directly).
 """
 
+import sys
+
 import torch
 from torch import nn
 
 from grokking.lar import LARProbe, attach_probes
 
+argument = sys.argv[1] if len(sys.argv) > 1 else "200"  # the tests pass fewer: LAR rises early
+if not argument.isdigit():
+    sys.exit(f"STEPS: a whole number of training steps, got {argument!r}")
+training_steps = int(argument)
 torch.manual_seed(0)
 model = nn.Sequential(
     nn.Linear(16, 64),
@@ -50,7 +56,7 @@ def train(steps: int) -> None:
 with attach_probes(model, "*") as probes, LARProbe(model[4], keep_gram=True) as head:
     measure()
     before = probes.table().set_index("name")["lar"]
-    train(200)
+    train(training_steps)
     measure()
     table = probes.table()
     k = head.summary()["k_lar"]  # keep_gram: spectra and the spectral summary too

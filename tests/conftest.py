@@ -7,8 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from grokking.algorithmic.config import TrainConfig
-from grokking.algorithmic.model import ModelConfig
+# The tests' models are tiny, so a second OpenMP thread buys nothing, and where the cores are
+# shared, threads that spin waiting for each other multiply the CPU time (the example
+# lar_on_your_model.py: 85 s of CPU on 2 threads, 12 s on 1). Set before torch is imported, it
+# holds for this process and for every command a test starts (they inherit the environment);
+# a run's own `threads` still sets its count.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from grokking.algorithmic.config import TrainConfig  # noqa: E402
+from grokking.algorithmic.model import ModelConfig  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

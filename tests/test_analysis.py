@@ -16,6 +16,7 @@ from grokking.analysis.algorithmic.baselines import BASELINES, costs, rankme
 from grokking.analysis.algorithmic.measure import MEASURES
 from grokking.analysis.algorithmic.tables import table1_wide
 from grokking.analysis.tables import write_table
+from grokking.analyze import main
 from grokking.lar import GeneralizationAlarm, first_firing
 from grokking.runs.rundir import RunDir
 
@@ -281,12 +282,15 @@ def test_broken_and_running_runs_are_reported_and_left_out(smoke_sweep, tmp_path
     assert len(collect(copy).runs) == 2
 
 
-def test_a_folder_without_runs_is_a_clear_error(tmp_path):
-    result = run_cli(str(tmp_path), cwd=tmp_path, module="grokking.analyze")
-    assert result.returncode == 2
-    assert f"error: no runs (folders with summary.json) under {tmp_path}" in result.stderr
-    missing = run_cli(str(tmp_path / "nope"), cwd=tmp_path, module="grokking.analyze")
-    assert missing.returncode == 2 and "DIR: no such directory" in missing.stderr
+def test_a_folder_without_runs_is_a_clear_error(tmp_path, capsys):
+    # the command's main in this process: an interpreter importing the analysis costs seconds
+    # (test_broken_and_running_runs_are_reported_and_left_out runs the command line itself)
+    empty = f"error: no runs (folders with summary.json) under {tmp_path}"
+    for folder, error in ((tmp_path, empty), (tmp_path / "nope", "DIR: no such directory")):
+        with pytest.raises(SystemExit) as exited:
+            main([str(folder)])
+        assert exited.value.code == 2 and error in capsys.readouterr().err
+    assert not (tmp_path.parent / f"{tmp_path.name}-analysis").exists()  # the default --out
 
 
 # Images each notebook shows on the smoke sweep, each once. figures: Figure 1, curves, Figure 2,
