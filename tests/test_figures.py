@@ -13,6 +13,7 @@ import pytest  # noqa: E402
 from matplotlib.transforms import Bbox  # noqa: E402
 
 from grokking.analysis.algorithmic import collect, figures  # noqa: E402
+from grokking.analysis.figures import grid  # noqa: E402
 from grokking.runs.rundir import RunDir, find_runs  # noqa: E402
 
 EVENT_LABELS = {"memorization (mean epoch)", "grokking (mean epoch)"}
@@ -215,3 +216,13 @@ def test_aligned_matrices_put_grokking_at_1_and_draw_a_run_that_never_groks_in_g
     assert "never grokked: epoch / last epoch" in legend_texts(fig)
     plt.close(fig)
     assert figures.figure_matrices_aligned(runs, matrix_lar, "other group") is None
+
+
+@pytest.mark.parametrize("panels", [1, 4, 5, 7])
+def test_a_grid_gives_one_axes_per_panel_whatever_its_columns(panels):
+    """Figure 5 draws one panel per run: 5 runs on a grid of 4 columns once failed its strict zip
+    over the grid's 8 axes."""
+    fig, axes = grid(panels, ncols=4)
+    assert len(axes) == panels
+    assert len(fig.axes) == panels  # the spare cells are removed
+    plt.close(fig)

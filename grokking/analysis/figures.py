@@ -24,4 +24,4 @@ def grid(n_panels: int, ncols: int = 4, size=(3.6, 2.8), **kwargs):
     )
     for ax in axes.flat[n_panels:]:
         ax.remove()
-    return fig, axes.flat
+    return fig, list(axes.flat[:n_panels])  # the panels' axes only, so zip(strict=True) holds
