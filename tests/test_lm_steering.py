@@ -40,8 +40,8 @@ RUNS = pd.DataFrame(
         _run("adam lar", "adam", 100_000, 4.60, 260, **LAR),
         _run("adam wd", "adam", 100_000, 4.62, 208, weight_decay=0.1,
              **{"config.regularize.name": "none"}),
-        _run("muon", "muon", 100_000, 4.77, 160),
-        _run("muon lar", "muon", 100_000, 4.70, math.nan, **LAR),  # never overfits
+        _run("muon", "muon", 100_000, 4.77, 160, weight_decay=0.1),  # Muon's own: plain
+        _run("muon lar", "muon", 100_000, 4.70, math.nan, weight_decay=0.1, **LAR),  # no overfit
         _run("adam lar 200k", "adam", 200_000, 4.2, 300, **LAR),  # no reference ran
     ]
 )  # fmt: skip

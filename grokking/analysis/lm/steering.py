@@ -27,9 +27,11 @@ REFERENCES = {"plain": "the same optimizer, plain", "adam_wd": "Adam with weight
 
 
 def treatment(row) -> str:
-    """'lar 1 from start', 'weight decay 0.1', both joined, or 'none'."""
+    """'lar 1 from start', 'weight decay 0.1', both joined, or 'none'. Weight decay is a
+    treatment of Adam only: the paper's Adam has none, and App. D.4 adds it; Muon's decoupled
+    weight decay is part of that optimizer (conf/lm/optim/muon.yaml), so its runs are plain."""
     words = [] if variant(row) == PLAIN else [variant(row)]
-    if row["weight_decay"] > 0:
+    if row["optimizer"] == "adam" and row["weight_decay"] > 0:
         words.append(f"weight decay {row['weight_decay']:g}")
     return ", ".join(words) or PLAIN
 
