@@ -13,6 +13,7 @@ LAR = {
     "config.regularize.name": "lar",
     "config.regularize.strength": 1.0,
     "config.regularize.trigger": "start",
+    "config.regularize.window": 100,
 }
 BUDGET = 488
 
@@ -59,7 +60,7 @@ def _metrics():
 def test_each_treated_run_is_set_against_its_plain_run_and_adam_with_weight_decay():
     table = steering.steering_table(RUNS, _metrics()).set_index("run")
     assert list(table.index) == ["adam lar", "adam wd", "muon lar", "adam lar 200k"]
-    assert table.loc["adam lar", "treatment"] == "lar 1 from start"
+    assert table.loc["adam lar", "treatment"] == "lar 1 from start over 100 steps"
     assert table.loc["adam wd", "treatment"] == "weight decay 0.1"
     assert table.loc["adam lar", "final_val_loss"] == pytest.approx(5.488)
     assert table.loc["adam lar", "plain_min_val_loss"] == pytest.approx(4.66)
@@ -79,13 +80,13 @@ def test_each_treated_run_is_set_against_its_plain_run_and_adam_with_weight_deca
 def test_the_summary_counts_the_goal_against_adam_with_weight_decay():
     per = steering.summary(steering.steering_table(RUNS, _metrics()))
     per = per.set_index(["optimizer", "treatment"])
-    adam = per.loc[("adam", "lar 1 from start")]
+    adam = per.loc[("adam", "lar 1 from start over 100 steps")]
     assert adam["runs"] == 2
     assert adam["lower_min_than_adam_wd"] == 1  # 4.60 < 4.62; the 200k run has no reference
     assert adam["overfits_25pc_later_than_adam_wd"] == 1  # 260 / 208 = 1.25
     assert adam["goal_met"] == 1
     assert adam["median_min_val_loss_vs_plain"] == pytest.approx(-0.06)
-    muon = per.loc[("muon", "lar 1 from start")]
+    muon = per.loc[("muon", "lar 1 from start over 100 steps")]
     assert muon["lower_min_than_adam_wd"] == 0  # 4.70 > 4.62
     assert muon["overfits_25pc_later_than_adam_wd"] == 1  # > 488 / 208, for certain
     assert muon["goal_met"] == 1

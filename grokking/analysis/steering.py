@@ -10,7 +10,7 @@ import pandas as pd
 from grokking.analysis.tables import write_table
 
 REGULARIZE = "config.regularize."  # the runs table's columns of the regularizer's config
-REGULARIZE_FIELDS = ("name", "strength", "trigger")
+REGULARIZE_FIELDS = ("name", "strength", "trigger", "window")  # window: language models'
 
 
 def regularizer_columns(config: dict) -> dict:
@@ -21,8 +21,9 @@ def regularizer_columns(config: dict) -> dict:
 
 
 def variant(row) -> str:
-    """'lar 0.3 from memorization', 'grokfast 2 from start', or 'none' (runs from before the
-    option existed have no regularizer columns: they trained without one)."""
+    """'lar 0.3 from memorization', 'grokfast 2 from start', 'lar 1 from start over 100 steps'
+    (a language model's LAR term and its trailing mean), or 'none' (runs from before the option
+    existed have no regularizer columns: they trained without one)."""
     name = row.get(REGULARIZE + "name")
     if not isinstance(name, str) or name == "none":
         return "none"
@@ -31,6 +32,9 @@ def variant(row) -> str:
     words = [name, f"{strength:g}"]
     if isinstance(trigger, str):
         words += ["from", trigger]
+    window = row.get(REGULARIZE + "window")
+    if name == "lar" and window is not None and not pd.isna(window):  # the trailing mean's steps
+        words += ["over", f"{window:g}", "steps"]
     return " ".join(words)
 
 
