@@ -144,10 +144,18 @@ def slurm_cluster():
 
 def pytest_collection_modifyitems(items):
     """Tests that read the smoke sweep's runs are `slow`: the sweep is a minute or two of
-    training (4 runs of up to 600 epochs), made once per session."""
+    training (4 runs of up to 600 epochs), made once per session.
+
+    The tests run on every core (pytest-xdist, `--dist loadgroup` in pyproject.toml), a file's
+    tests on one worker, so that each module-scoped run is trained once. The tests that use the
+    local SLURM cluster, one per machine, share a worker: test_local_slurm.py stops and starts it.
+    """
     for item in items:
-        if "smoke_sweep" in getattr(item, "fixturenames", ()):
+        fixtures = getattr(item, "fixturenames", ())
+        if "smoke_sweep" in fixtures:
             item.add_marker(pytest.mark.slow)
+        uses_slurm = "slurm_cluster" in fixtures or item.path.name == "test_local_slurm.py"
+        item.add_marker(pytest.mark.xdist_group("slurm" if uses_slurm else item.path.name))
 
 
 @pytest.fixture(scope="session")
