@@ -1,7 +1,7 @@
-"""What a regularizer (regularize=lar|grokfast|weight_norm, switched on from the start) costs per
-training step, measured in one process: each regularizer's engine and a plain one are timed in
-turns (so a load that comes and goes weighs on each alike), and each ratio to the plain step is
-printed.
+"""What a regularizer (regularize=lar|p1q1|grokfast|weight_norm, switched on from the start)
+costs per training step, measured in one process: each regularizer's engine and a plain one are
+timed in turns (so a load that comes and goes weighs on each alike), and each ratio to the plain
+step is printed.
 
     python benchmarks/regularize_cost.py                  # grokking, the default config
     python benchmarks/regularize_cost.py --family lm regularize.window=1  # a language model
@@ -19,7 +19,9 @@ import statistics
 import torch
 from packed_throughput import time_epochs  # a sibling script of benchmarks/
 
-NAMES = ("none", "lar", "grokfast", "weight_norm")
+from grokking.lar.regularize import Regularizer
+
+NAMES = tuple(regularizer.name for regularizer in Regularizer)
 
 
 def engines(family: str, overrides: list[str]) -> dict:

@@ -1,4 +1,5 @@
-"""The regularizers of issue 30 (regularize=lar|grokfast|weight_norm): the differentiable LAR term,
+"""The regularizers of issue 30 (regularize=lar|p1q1|grokfast|weight_norm): the differentiable LAR
+and p₁q₁ terms,
 Grokfast's filter, the switches (start, memorization, alarm), packs, resume, and refusals."""
 
 import pandas as pd
@@ -11,7 +12,7 @@ from test_training import same_metrics
 from grokking.algorithmic import train, train_pack
 from grokking.algorithmic.engine import Engine
 from grokking.algorithmic.packing import pack_key
-from grokking.lar import GeneralizationAlarm, lar
+from grokking.lar import GeneralizationAlarm, lar, spectral_summary
 from grokking.lar.regularize import (
     ForwardCapture,
     RegularizeConfig,
@@ -20,6 +21,7 @@ from grokking.lar.regularize import (
     Trigger,
     grokfast_,
     lar_term,
+    top_contribution,
 )
 from grokking.runs.rundir import RunDir
 
@@ -44,10 +46,39 @@ def test_the_lar_terms_gradient_matches_finite_differences():
     assert torch.autograd.gradcheck(lambda x, w: lar_term(x, x @ w.T, w), (inputs, weight))
 
 
-def test_the_engines_term_is_each_members_lar_on_its_batch():
-    cfgs = [
-        tiny_config(seed=seed, regularize=RegularizeConfig(Regularizer.lar, 0.5)) for seed in (0, 1)
-    ]
+# --- the differentiable p₁q₁ term ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(3, 7, 5), (3, 4, 6)], ids=["tall", "wide"])
+def test_the_p1q1_term_equals_the_spectral_p1q1_on_each_member_of_a_stack(shape):
+    """Eq. 2's p₁q₁ as `spectral_summary` computes it (float64, from the inputs' Gram), for W
+    taller than wide and wider than tall (rank below n: p is zero past it)."""
+    generator = torch.Generator().manual_seed(2)
+    weights = torch.randn(*shape, generator=generator)
+    inputs = torch.randn(3, 11, shape[-1], generator=generator) + torch.arange(shape[-1] * 1.0)
+    values = top_contribution(inputs, weights)
+    for r in range(3):
+        expected = spectral_summary(weights[r], inputs[r])["p1q1"]
+        assert values[r].item() == pytest.approx(expected, rel=1e-5)
+        assert top_contribution(inputs[r], weights[r]).item() == pytest.approx(values[r].item())
+
+
+def test_the_p1q1_terms_gradient_matches_finite_differences():
+    generator = torch.Generator().manual_seed(3)
+    weight = torch.randn(4, 3, generator=generator, dtype=torch.float64, requires_grad=True)
+    inputs = torch.randn(6, 3, generator=generator, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(top_contribution, (inputs, weight))
+
+
+STEERED = {
+    Regularizer.lar: lambda w, x: lar(w, x),
+    Regularizer.p1q1: lambda w, x: spectral_summary(w, x)["p1q1"],
+}
+
+
+@pytest.mark.parametrize("name", list(STEERED), ids=lambda n: n.name)
+def test_the_engines_term_is_each_members_quantity_on_its_batch(name):
+    cfgs = [tiny_config(seed=seed, regularize=RegularizeConfig(name, 0.5)) for seed in (0, 1)]
     engine = Engine(cfgs, torch.device("cpu"))
     tokens, labels = engine.train_x[:, :16], engine.train_y[:, :16]
     features = engine.model.features(tokens)
@@ -56,7 +87,8 @@ def test_the_engines_term_is_each_members_lar_on_its_batch():
     assert engine.model.param("unembed.weight").grad.abs().sum() > 0
     for r in range(2):
         weight = engine.model.param("unembed.weight")[r].detach()
-        assert term[r].item() == pytest.approx(-0.5 * lar(weight, features[r].detach()), abs=1e-5)
+        expected = -0.5 * STEERED[name](weight, features[r].detach())
+        assert term[r].item() == pytest.approx(expected, abs=1e-5)
 
 
 def test_a_forward_capture_subtracts_the_bias_and_keeps_the_graph():
@@ -142,7 +174,7 @@ def test_a_plain_run_records_no_switch(tmp_path):
     assert not RunDir(tmp_path / "plain").read_metrics().regularizing.any()
 
 
-@pytest.mark.parametrize("name", [Regularizer.lar, Regularizer.grokfast, Regularizer.weight_norm])
+@pytest.mark.parametrize("name", list(Regularizer)[1:], ids=lambda n: n.name)
 def test_a_pack_with_a_regularizer_equals_its_members_run_alone(tmp_path, name):
     """Members switch on at their own evaluations (seeds 0 and 1 memorize at other epochs)."""
     regularize = RegularizeConfig(name, 0.5, Trigger.memorization)
@@ -191,8 +223,8 @@ def test_a_kill_9_after_any_evaluation_resumes_identically_with_a_term_on(
         ("regularize=lar regularize.strength=-1", "regularize.strength: must be a finite number"),
         ("regularize=grokfast regularize.alpha=1", "regularize.alpha: must be a number in [0, 1)"),
         ("regularize.trigger=soon", "regularize.trigger: must be one of start, memorization, al"),
-        ("regularize.name=l2", "regularize.name: must be one of none, lar, grokfast, weight_norm"),
-        ("regularize=l2", "regularize: no option 'l2'; allowed: grokfast, lar, none, weight_norm"),
+        ("regularize.name=l2", "regularize.name: must be one of none, lar, p1q1, grokfast, weig"),
+        ("regularize=l2", "regularize: no option 'l2'; allowed: grokfast, lar, none, p1q1, weigh"),
     ],
 )
 def test_bad_regularizer_values_are_refused_in_one_line(refusal, override, message):
@@ -223,16 +255,16 @@ def test_the_pack_key_keeps_differently_regularized_runs_apart():
     assert pack_key(steered) == pack_key(tiny_config(seed=4, regularize=steered.regularize))
 
 
-@pytest.mark.parametrize("name", ["lar", "grokfast"])
+@pytest.mark.parametrize("name", ["lar", "p1q1", "grokfast"])
 def test_a_language_model_killed_after_any_evaluation_resumes_identically_with_a_term_on(
     tmp_path, monkeypatch, corpus_dir, name
 ):
-    """The hinge's trailing LAR values and Grokfast's EMA come back from last.pt."""
+    """The hinge's trailing LAR (or p₁q₁) values and Grokfast's EMA come back from last.pt."""
     from grokking.lm import load_config
     from grokking.lm import train as train_lm
 
     overrides = [*tiny_lm(corpus_dir, tmp_path / "cache"), f"regularize={name}", "device=cpu"]
-    cfg = load_config([*overrides, "regularize.window=5"] if name == "lar" else overrides)
+    cfg = load_config([*overrides, "regularize.window=5"] if name != "grokfast" else overrides)
     with copies_after_each_evaluation(monkeypatch, tmp_path / "whole") as killed:
         train_lm(cfg, tmp_path / "whole")
     assert len(killed) == 7  # steps 0, 10, ..., 60
@@ -245,4 +277,4 @@ def test_a_language_model_killed_after_any_evaluation_resumes_identically_with_a
 def test_help_lists_the_regularizers(tmp_path, module):
     lines = run_cli("--help", cwd=tmp_path, module=module, check=True).stdout.splitlines()
     (line,) = [line for line in lines if line.startswith("Regularizers (regularize=NAME): ")]
-    assert line.split(": ", 1)[1].split(", ") == ["grokfast", "lar", "none", "weight_norm"]
+    assert line.split(": ", 1)[1].split(", ") == ["grokfast", "lar", "none", "p1q1", "weight_norm"]

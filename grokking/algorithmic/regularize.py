@@ -1,4 +1,4 @@
-"""A pack's regularizer (`regularize=lar|grokfast|weight_norm`, docs/method.md §6): one config
+"""A pack's regularizer (`regularize=lar|p1q1|grokfast|weight_norm`, docs/method.md §6): one config
 for the whole pack (it is part of the pack key), one switch per member. The training step reads
 the switches as an [R] mask on the device, so each member's term and filter start at its own
 evaluation, and a captured CUDA graph needs no new capture when a switch turns on."""
@@ -10,7 +10,14 @@ from collections.abc import Sequence
 import torch
 
 from grokking.algorithmic.config import TrainConfig
-from grokking.lar.regularize import Regularizer, Switch, grokfast_, lar_term, squared_norm
+from grokking.lar.regularize import (
+    STEERING,
+    Regularizer,
+    Switch,
+    grokfast_,
+    squared_norm,
+    steered,
+)
 
 
 class PackRegularizer:
@@ -25,11 +32,11 @@ class PackRegularizer:
             self.started = torch.zeros(len(cfgs), dtype=torch.bool, device=device)
 
     def term(self, features, logits, weight, params) -> torch.Tensor | float:
-        """Each member's term [R] added to its loss (0 where its switch is off): −λ·LAR of the
-        unembedding on this batch, or λ·‖θ‖²."""
+        """Each member's term [R] added to its loss (0 where its switch is off): −λ·LAR (or
+        −λ·p₁q₁) of the unembedding on this batch, or λ·‖θ‖²."""
         name, strength = self.cfg.name, self.cfg.strength
-        if name == Regularizer.lar:
-            values = -strength * lar_term(features, logits, weight)
+        if name in STEERING:
+            values = -strength * steered(name, features, logits, weight)
         elif name == Regularizer.weight_norm:
             values = strength * squared_norm(params, members=1)
         else:

@@ -1,7 +1,8 @@
 """LAR as a training signal, and the validation-free regularizers it is compared with
 (docs/method.md §6): the unembedding's LAR of the current batch with gradients (Eq. 1 on the
-step's own forward pass), Grokfast's gradient filter, the squared weight norm, and the switch that
-turns a regularizer on — from the start, at memorization or when the generalization alarm fires.
+step's own forward pass) or its top direction's share p₁q₁ of Eq. 3, Grokfast's gradient
+filter, the squared weight norm, and the switch that turns a regularizer on — from the start, at
+memorization or when the generalization alarm fires.
 
 Every function takes an optional leading member dimension, so a stacked pack of R runs gets R
 values (or R filters) at once and a single model gets one.
@@ -25,6 +26,7 @@ from grokking.lar.metric import probed_matrix
 class Regularizer(enum.Enum):
     none = enum.auto()
     lar = enum.auto()  # a term on the unembedding's LAR of each training batch
+    p1q1 = enum.auto()  # the same term on its top direction's contribution p₁q₁ (Eq. 3)
     grokfast = enum.auto()  # Grokfast-EMA (Lee et al. 2024): an EMA of gradients added to them
     weight_norm = enum.auto()  # strength · ‖θ‖² added to the loss ("delayed compression")
 
@@ -69,6 +71,32 @@ def lar_term(inputs: torch.Tensor, outputs: torch.Tensor, weight: torch.Tensor) 
     n = weight.shape[-1]
     log_ratio_sq = _mean_square(outputs).log() - _mean_square(weight).log()
     return 0.5 * (log_ratio_sq - _mean_square(inputs).log()) / math.log(n)
+
+
+def top_contribution(inputs: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """p₁q₁ of Eq. 2 with gradients, for inputs X [..., B, n] and W [..., m, n]: W's top share of
+    energy p₁ = s₁² / Σ s² times the inputs' share along its top right singular vector,
+    q₁ = Σ_b (v₁ᵀ x_b)² / Σ_b ‖x_b‖²; one value per leading index. The gradient flows through the
+    SVD, which defines it while s₁ > s₂ (ties have measure zero in training)."""
+    accumulate = torch.promote_types(weight.dtype, torch.float32)
+    _, s, vh = torch.linalg.svd(weight.to(accumulate), full_matrices=False)
+    p1 = s[..., 0].square() / s.square().sum(dim=-1)
+    x = inputs.to(accumulate)
+    along = x @ vh[..., 0, :].unsqueeze(-1)  # [..., B, 1]: each input's coordinate on v₁
+    return p1 * along.square().sum(dim=(-2, -1)) / x.square().sum(dim=(-2, -1))
+
+
+def steered(name: Regularizer, inputs, outputs, weight) -> torch.Tensor:
+    """The quantity a steering term pushes (`Regularizer.lar` or `.p1q1`) on the unembedding's
+    inputs X, outputs Y = X Wᵀ and weight W, one value per leading index."""
+    if name == Regularizer.lar:
+        return lar_term(inputs, outputs, weight)
+    return top_contribution(inputs, weight)
+
+
+# The regularizers that steer a spectral quantity of the unembedding (the others act on all
+# weights or gradients).
+STEERING = (Regularizer.lar, Regularizer.p1q1)
 
 
 def squared_norm(params: Iterable[torch.Tensor], members: int = 0) -> torch.Tensor:

@@ -1,8 +1,9 @@
-"""A language-model run's regularizer (`regularize=lar|grokfast|weight_norm`, docs/method.md §6),
-on from the first step: language models measure no training accuracy, so neither memorization
-nor the generalization alarm can switch it on. The LAR term holds the unembedding's LAR up
-against its decline: λ·max(0, m − LAR), with LAR the step's own batch's (with gradients) and m the
-mean of the `window` steps before it (no term until `window` steps have passed)."""
+"""A language-model run's regularizer (`regularize=lar|p1q1|grokfast|weight_norm`, docs/method.md
+§6), on from the first step: language models measure no training accuracy, so neither
+memorization nor the generalization alarm can switch it on. The LAR term holds the unembedding's
+LAR up against its decline: λ·max(0, m − LAR), with LAR the step's own batch's (with gradients)
+and m the mean of the `window` steps before it (no term until `window` steps have passed); the
+p₁q₁ term does the same to the top direction's contribution p₁q₁."""
 
 from __future__ import annotations
 
@@ -12,12 +13,13 @@ import torch
 from torch import nn
 
 from grokking.lar.regularize import (
+    STEERING,
     ForwardCapture,
     RegularizeConfig,
     Regularizer,
     grokfast_,
-    lar_term,
     squared_norm,
+    steered,
 )
 
 
@@ -25,9 +27,9 @@ class RunRegularizer:
     def __init__(self, cfg: RegularizeConfig, model: nn.Module, window: int):
         self.cfg = cfg
         self.params = dict(model.named_parameters())
-        self.trailing: deque[float] = deque(maxlen=window)  # the last steps' LAR
+        self.trailing: deque[float] = deque(maxlen=window)  # the last steps' LAR (or p₁q₁)
         self.capture = None
-        if cfg.name == Regularizer.lar:
+        if cfg.name in STEERING:
             self.capture = ForwardCapture(model.get_output_embeddings())
         self.grokfast = cfg.name == Regularizer.grokfast
         if self.grokfast:
@@ -41,14 +43,17 @@ class RunRegularizer:
         name, strength = self.cfg.name, self.cfg.strength
         if name == Regularizer.weight_norm:
             return strength * squared_norm(self.params.values())
-        if name != Regularizer.lar:
+        if name not in STEERING:
             return 0.0
         full = len(self.trailing) == self.trailing.maxlen
         mean = sum(self.trailing) / len(self.trailing) if full else None
-        self.trailing.append(step_lar)
+        capture = self.capture
+        value = steered(name, capture.inputs, capture.outputs, capture.weight)
+        # The LAR term's trailing values are the probe's LAR of the step, as when it was the only
+        # term (its committed runs replay so); p₁q₁'s are the term's own values.
+        self.trailing.append(step_lar if name == Regularizer.lar else value.item())
         if mean is None:
             return 0.0
-        value = lar_term(self.capture.inputs, self.capture.outputs, self.capture.weight)
         return strength * torch.relu(mean - value)
 
     def filter_gradients(self) -> None:
