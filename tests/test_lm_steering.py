@@ -101,3 +101,22 @@ def test_the_display_marks_bounds_and_runs_that_never_overfit():
 def test_no_treated_run_is_an_empty_table():
     plain = RUNS[RUNS["run"].isin(["adam", "muon"])]
     assert steering.steering_table(plain, _metrics()).empty
+
+
+@pytest.mark.parametrize(
+    "name, strength, words",
+    [
+        ("p1q1", 500.0, "p1q1 500 from start over 25 steps"),
+        ("weight_norm", 0.01, "weight_norm 0.01 from start"),
+    ],
+)
+def test_a_steering_term_is_named_with_its_window_and_another_regularizer_without(
+    name, strength, words
+):
+    regularize = {"config.regularize.name": name, "config.regularize.strength": strength}
+    row = pd.Series(
+        LAR
+        | regularize
+        | {"config.regularize.window": 25, "optimizer": "adam", "weight_decay": 0.0}
+    )
+    assert steering.treatment(row) == words

@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from grokking.analysis.tables import write_table
+from grokking.lar.regularize import STEERING
 
 REGULARIZE = "config.regularize."  # the runs table's columns of the regularizer's config
 REGULARIZE_FIELDS = ("name", "strength", "trigger", "window")  # window: language models'
@@ -22,8 +23,8 @@ def regularizer_columns(config: dict) -> dict:
 
 def variant(row) -> str:
     """'lar 0.3 from memorization', 'grokfast 2 from start', 'lar 1 from start over 100 steps'
-    (a language model's LAR term and its trailing mean), or 'none' (runs from before the option
-    existed have no regularizer columns: they trained without one)."""
+    (a language model's LAR or p₁q₁ term and its trailing mean), or 'none' (runs from before the
+    option existed have no regularizer columns: they trained without one)."""
     name = row.get(REGULARIZE + "name")
     if not isinstance(name, str) or name == "none":
         return "none"
@@ -33,7 +34,8 @@ def variant(row) -> str:
     if isinstance(trigger, str):
         words += ["from", trigger]
     window = row.get(REGULARIZE + "window")
-    if name == "lar" and window is not None and not pd.isna(window):  # the trailing mean's steps
+    steers = name in {regularizer.name for regularizer in STEERING}  # a language model's hinge
+    if steers and window is not None and not pd.isna(window):  # over its trailing mean's steps
         words += ["over", f"{window:g}", "steps"]
     return " ".join(words)
 
