@@ -93,6 +93,37 @@ def test_table2_windows_start_at_the_peak_and_measure_the_decline():
     assert rates["decline_per_step"].to_numpy() == pytest.approx(1e-4, rel=1e-6)
 
 
+def _windows(run: str, rates: list[float], overfits_in: int | None) -> list[dict]:
+    return [
+        {
+            "run": run,
+            "label": run,
+            "window": number,
+            "decline_per_step": rate,
+            "holds_overfitting_step": number == overfits_in,
+        }
+        for number, rate in enumerate(rates, start=1)
+    ]
+
+
+def test_table2_trend_reads_the_windows_from_the_second_to_the_overfitting_one():
+    from grokking.analysis.lm.tables import table2_trend
+
+    tidy = pd.DataFrame(
+        _windows("steepens", [9.0, 1.0, 2.0, 3.0, 5.0, 0.5], overfits_in=5)
+        + _windows("slows", [9.0, 4.0, 3.0, 1.0, 0.1], overfits_in=4)
+        + _windows("too early", [9.0, 1.0, 2.0], overfits_in=2)
+        + _windows("never", [9.0, 1.0, 2.0], overfits_in=None)
+    )
+    trend = table2_trend(tidy).set_index("run")
+    assert list(trend.index) == ["steepens", "slows"]
+    assert trend.loc["steepens", "windows"] == "w2–w5"
+    assert trend.loc["steepens", "spearman"] == pytest.approx(1.0)
+    assert trend.loc["steepens", "last_over_earlier"] == pytest.approx(5.0 / 2.0)
+    assert trend.loc["slows", "spearman"] == pytest.approx(-1.0)
+    assert trend.loc["slows", "last_over_earlier"] == pytest.approx(1.0 / 3.5)
+
+
 # --- the command on a tiny sweep ------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_sweep(tmp_path_factory, corpus_dir):

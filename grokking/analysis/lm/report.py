@@ -14,7 +14,7 @@ from grokking.analysis.collect import Results
 from grokking.analysis.lm import figures, steering
 from grokking.analysis.lm import stops as lm_stops
 from grokking.analysis.lm.alarms import score_lm
-from grokking.analysis.lm.tables import correlations, runs_table, table2
+from grokking.analysis.lm.tables import correlations, runs_table, table2, table2_trend
 from grokking.analysis.output import write_figures, write_frames
 from grokking.analysis.tables import write_table
 
@@ -45,6 +45,11 @@ def write(results: Results, out: Path) -> dict[str, Path]:
     if len(tidy):
         write_table(wide, out, "table2", tidy=tidy)
         written["table2"] = out / "table2.csv"
+        trend = table2_trend(tidy)
+        if len(trend):
+            write_table(trend, out, "table2_trend")
+            print("Table 2's trend before each overfitting step (spearman > 0: steepening):")
+            print(trend.to_markdown(index=False, floatfmt=".3g"), end="\n\n")
     plots = {
         "figure4": figures.figure4(results),
         "figure5": figures.figure5(results),

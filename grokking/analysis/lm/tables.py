@@ -1,6 +1,6 @@
 """The language models' tables: per run its overfitting step and LAR's facts, the correlation of
 the LAR differential with the generalization gap, and Table 2 (LAR's rate of decline per window
-from its peak)."""
+from its peak) with its trend before each overfitting step."""
 
 from __future__ import annotations
 
@@ -91,6 +91,33 @@ def table2(results: Results) -> tuple[pd.DataFrame, pd.DataFrame]:
     if labels.is_unique:  # name the rows as the figures' legends do
         wide.index = labels.loc[wide.index].to_numpy()
     return wide, tidy
+
+
+def table2_trend(tidy: pd.DataFrame) -> pd.DataFrame:
+    """Does LAR's decline steepen as overfitting approaches (the paper's reading of Table 2)? For
+    each run whose overfitting step lies in window k ≥ 3: over windows 2..k (the first holds the
+    fall from the peak itself), the Spearman correlation of the window's number with its decline
+    rate (> 0: steepening towards the overfitting step, < 0: slowing) and the rate in window k
+    over the mean rate of windows 2..k−1. Empty when no run qualifies."""
+    rows = []
+    for run, windows in tidy.groupby("run", sort=False):
+        held = windows.loc[windows["holds_overfitting_step"], "window"]
+        if held.empty or int(held.iloc[0]) < 3:
+            continue
+        k = int(held.iloc[0])
+        before = windows[(windows["window"] >= 2) & (windows["window"] <= k)]
+        rates = before["decline_per_step"]
+        earlier = rates[before["window"] < k].mean()
+        rows.append(
+            {
+                "run": run,
+                "label": windows["label"].iloc[0],
+                "windows": f"w2–w{k}",
+                "spearman": np.corrcoef(before["window"].rank(), rates.rank())[0, 1],
+                "last_over_earlier": rates.iloc[-1] / earlier if earlier else np.nan,
+            }
+        )
+    return pd.DataFrame(rows)
 
 
 def runs_table(results: Results) -> pd.DataFrame:
