@@ -146,16 +146,32 @@ def pytest_collection_modifyitems(items):
     """Tests that read the smoke sweep's runs are `slow`: the sweep is a minute or two of
     training (4 runs of up to 600 epochs), made once per session.
 
-    The tests run on every core (pytest-xdist, `--dist loadgroup` in pyproject.toml), a file's
-    tests on one worker, so that each module-scoped run is trained once. The tests that use the
-    local SLURM cluster, one per machine, share a worker: test_local_slurm.py stops and starts it.
+    The tests run on every core (pytest-xdist, `--dist loadgroup` in pyproject.toml), each where
+    a worker is free, but for those that share something costly, kept on one worker so that it is
+    made once: the tests of the local SLURM cluster (one per machine; test_local_slurm.py stops
+    and starts it), those of the smoke sweep, and a file's tests that share a module's run.
     """
     for item in items:
         fixtures = getattr(item, "fixturenames", ())
         if "smoke_sweep" in fixtures:
             item.add_marker(pytest.mark.slow)
-        uses_slurm = "slurm_cluster" in fixtures or item.path.name == "test_local_slurm.py"
-        item.add_marker(pytest.mark.xdist_group("slurm" if uses_slurm else item.path.name))
+        group = _shared_group(item, fixtures)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
+def _shared_group(item, fixtures) -> str | None:
+    if "slurm_cluster" in fixtures or item.path.name == "test_local_slurm.py":
+        return "slurm"
+    if "smoke_sweep" in fixtures:
+        return "smoke_sweep"
+    definitions = getattr(item, "_fixtureinfo", None)
+    scopes = (
+        {chain[-1].scope for chain in definitions.name2fixturedefs.values() if chain}
+        if definitions is not None
+        else set()
+    )
+    return item.path.name if scopes & {"module", "class", "package"} else None
 
 
 @pytest.fixture(scope="session")
