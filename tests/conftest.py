@@ -142,6 +142,7 @@ def slurm_cluster():
         yield script
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's, which reads the groups into the test ids
 def pytest_collection_modifyitems(items):
     """Tests that read the smoke sweep's runs are `slow`: the sweep is a minute or two of
     training (4 runs of up to 600 epochs), made once per session.
