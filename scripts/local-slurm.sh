@@ -123,7 +123,8 @@ db_password() { # generated once, kept in the private folder
 
 write_configs() {
   local cpus mem_mb password
-  cpus=$(nproc)
+  # nproc alone obeys OMP_NUM_THREADS (often 1 on clusters and in the tests), not the machine
+  cpus=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
   mem_mb=$(awk '/MemTotal/ {print int($2 / 1024 * 0.8)}' /proc/meminfo)
   password=$(db_password)
   # NoCtldInAddrAny/NoInAddrAny: bind to the address the host name resolves to instead of all

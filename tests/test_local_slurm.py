@@ -121,6 +121,16 @@ def test_the_cluster_reads_its_own_config_and_leaves_etc_slurm_alone(slurm_clust
     assert re.search(r"^ClusterName\s+= grokking$", config, re.M)
 
 
+@pytest.mark.slow
+def test_the_node_has_every_core_whatever_omp_num_threads_says(slurm_cluster):
+    """The tests start the cluster with OMP_NUM_THREADS=1, which GNU nproc obeys."""
+    assert os.environ.get("OMP_NUM_THREADS") == "1"
+    cpus = subprocess.run(
+        ["sinfo", "--noheader", "--format=%c"], capture_output=True, text=True, check=True
+    ).stdout
+    assert int(cpus) == len(os.sched_getaffinity(0))
+
+
 def stopped(status: str) -> set[str]:
     return {line.removesuffix(": stopped") for line in status.splitlines()} & set(DAEMONS)
 
