@@ -3,7 +3,8 @@
 # laptop (Debian/Ubuntu, as root, no systemd needed).
 #
 #   scripts/local-slurm.sh start    install what is missing, start what is not running (idempotent);
-#                                   its last line is the `export SLURM_CONF=...` clients need
+#                                   its last line is the `export SLURM_CONF=...` clients need;
+#                                   jobs that were running when the node went down are requeued
 #   scripts/local-slurm.sh env      print that line: eval "$(scripts/local-slurm.sh env)"
 #   scripts/local-slurm.sh status   which daemons run, and sinfo
 #   scripts/local-slurm.sh stop     stop the daemons this script started
@@ -258,10 +259,30 @@ start() {
     sacctmgr -i add cluster grokking >/dev/null
   fi
   start_daemon slurmctld "$PRIVATE/slurmctld.pid" slurmctld
+  local node_was_down=1
+  alive slurmd && node_was_down=0
   start_daemon slurmd "$PRIVATE/slurmd.pid" slurmd -N localhost
   wait_for 60 "the node" bash -c "sinfo -h -N -o %t | grep -qE '^(idle|mix|alloc)'"
+  [ $node_was_down -eq 0 ] || requeue_lost_jobs
   log "up: $(sinfo -h -o '%P %D %t %c cpus')"
   print_env
+}
+
+# The controller recovers its jobs from its saved state. One it saved as running whose job step
+# is gone (the machine restarted, or the steps were killed while the node was down) would hold
+# its cores for good, and the jobs behind it would wait for ever: requeue it (a run of this
+# project resumes from its checkpoint), or cancel it where it cannot be requeued.
+requeue_lost_jobs() {
+  local job
+  for job in $(squeue -h -t RUNNING,COMPLETING -o %A); do
+    if pgrep -f "^slurmstepd: \[$job\." >/dev/null; then continue; fi
+    if scontrol requeue "$job" 2>/dev/null; then
+      log "job $job was running when the node went down: requeued"
+    else
+      scancel "$job"
+      log "job $job was running when the node went down and cannot be requeued: cancelled"
+    fi
+  done
 }
 
 stop() {

@@ -7,6 +7,7 @@ import signal
 import socket
 import stat
 import subprocess
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -152,6 +153,46 @@ def test_start_is_idempotent_and_stop_stops_every_daemon(slurm_cluster):
         restarted = local_slurm("start")  # the tests after this one need the cluster
     assert restarted.returncode == 0, restarted.stderr
     assert all(name in tcp_listeners() for name in LISTENS_ON)
+
+
+def slurm(*args: str) -> str:
+    return subprocess.run(args, capture_output=True, text=True, check=True).stdout
+
+
+def job_step_pids(job: str) -> list[int]:
+    found = subprocess.run(["pgrep", "-f", rf"^slurmstepd: \[{job}\."], capture_output=True)
+    return [int(pid) for pid in found.stdout.split()]
+
+
+def wait_until(condition, seconds=60) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_a_job_whose_step_died_while_the_node_was_down_is_requeued_on_start(
+    slurm_cluster, tmp_path
+):
+    """As after a reboot: the controller's saved state says running, but nothing runs it."""
+    job = slurm("sbatch", "--parsable", f"--output={tmp_path}/%j.out", "--wrap", "sleep 300")
+    job = job.strip()
+    try:
+        wait_until(lambda: job_step_pids(job))
+        assert local_slurm("stop").returncode == 0  # slurmd leaves its job steps running
+        for pid in job_step_pids(job):  # the step leads a session: its script and `sleep`
+            subprocess.run(["pkill", "-KILL", "--session", str(os.getsid(pid))])
+        wait_until(lambda: not job_step_pids(job))
+        result = local_slurm("start")
+        assert result.returncode == 0, result.stderr
+        assert f"job {job} was running when the node went down: requeued" in result.stderr
+        details = slurm("scontrol", "show", "job", job)
+        assert re.search(r"\bRestarts=1\b", details)
+        assert re.search(r"\bJobState=(PENDING|RUNNING)\b", details)
+    finally:
+        subprocess.run(["scancel", job])
+        local_slurm("start")
 
 
 @pytest.mark.slow
