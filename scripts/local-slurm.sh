@@ -274,12 +274,11 @@ start() {
 # project resumes from its checkpoint), or cancel it where it cannot be requeued.
 requeue_lost_jobs() {
   local job
-  for job in $(squeue -h -t RUNNING,COMPLETING -o %A); do
+  for job in $(squeue -h -t RUNNING -o %A); do
     if pgrep -f "^slurmstepd: \[$job\." >/dev/null; then continue; fi
     if scontrol requeue "$job" 2>/dev/null; then
       log "job $job was running when the node went down: requeued"
-    else
-      scancel "$job"
+    elif scancel "$job"; then
       log "job $job was running when the node went down and cannot be requeued: cancelled"
     fi
   done
