@@ -33,9 +33,14 @@ def local_slurm(*args, state: Path | None = None) -> subprocess.CompletedProcess
     )
 
 
+def output(*command: str) -> str:
+    """What a command that must succeed prints."""
+    return subprocess.run(command, capture_output=True, text=True, check=True).stdout
+
+
 def tcp_listeners() -> dict[str, set[str]]:
     """{process name: the addresses it listens on over TCP}, read from `ss`."""
-    out = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True, check=True).stdout
+    out = output("ss", "-Hltnp")
     listeners = defaultdict(set)
     for line in out.splitlines():
         address = line.split()[3]  # State Recv-Q Send-Q Local-Address:Port Peer Process
@@ -60,7 +65,7 @@ def test_the_daemons_listen_on_loopback_only(slurm_cluster):
         name: {address} for name, address in LISTENS_ON.items()
     }
     assert "mariadbd" not in listeners and "munged" not in listeners  # unix sockets only
-    unix = subprocess.run(["ss", "-Hlxp"], capture_output=True, text=True, check=True).stdout
+    unix = output("ss", "-Hlxp")
     socket = f"{state_folder()}/mariadb/mysqld.sock"
     assert [line for line in unix.splitlines() if '"mariadbd"' in line and socket in line]
 
@@ -115,9 +120,7 @@ def test_the_cluster_reads_its_own_config_and_leaves_etc_slurm_alone(slurm_clust
                 path.unlink()
     assert result.returncode == 0, result.stderr
     assert after == before
-    config = subprocess.run(
-        ["scontrol", "show", "config"], capture_output=True, text=True, check=True
-    ).stdout
+    config = output("scontrol", "show", "config")
     assert re.search(rf"^SLURM_CONF\s+= {re.escape(os.environ['SLURM_CONF'])}$", config, re.M)
     assert re.search(r"^ClusterName\s+= grokking$", config, re.M)
 
@@ -126,10 +129,7 @@ def test_the_cluster_reads_its_own_config_and_leaves_etc_slurm_alone(slurm_clust
 def test_the_node_has_every_core_whatever_omp_num_threads_says(slurm_cluster):
     """The tests start the cluster with OMP_NUM_THREADS=1, which GNU nproc obeys."""
     assert os.environ.get("OMP_NUM_THREADS") == "1"
-    cpus = subprocess.run(
-        ["sinfo", "--noheader", "--format=%c"], capture_output=True, text=True, check=True
-    ).stdout
-    assert int(cpus) == len(os.sched_getaffinity(0))
+    assert int(output("sinfo", "--noheader", "--format=%c")) == len(os.sched_getaffinity(0))
 
 
 def stopped(status: str) -> set[str]:
@@ -155,10 +155,6 @@ def test_start_is_idempotent_and_stop_stops_every_daemon(slurm_cluster):
     assert all(name in tcp_listeners() for name in LISTENS_ON)
 
 
-def slurm(*args: str) -> str:
-    return subprocess.run(args, capture_output=True, text=True, check=True).stdout
-
-
 def job_step_pids(job: str) -> list[int]:
     found = subprocess.run(["pgrep", "-f", rf"^slurmstepd: \[{job}\."], capture_output=True)
     return [int(pid) for pid in found.stdout.split()]
@@ -176,7 +172,7 @@ def test_a_job_whose_step_died_while_the_node_was_down_is_requeued_on_start(
     slurm_cluster, tmp_path
 ):
     """As after a reboot: the controller's saved state says running, but nothing runs it."""
-    job = slurm("sbatch", "--parsable", f"--output={tmp_path}/%j.out", "--wrap", "sleep 300")
+    job = output("sbatch", "--parsable", f"--output={tmp_path}/%j.out", "--wrap", "sleep 300")
     job = job.strip()
     try:
         wait_until(lambda: job_step_pids(job))
@@ -187,7 +183,7 @@ def test_a_job_whose_step_died_while_the_node_was_down_is_requeued_on_start(
         result = local_slurm("start")
         assert result.returncode == 0, result.stderr
         assert f"job {job} was running when the node went down: requeued" in result.stderr
-        details = slurm("scontrol", "show", "job", job)
+        details = output("scontrol", "show", "job", job)
         assert re.search(r"\bRestarts=1\b", details)
         assert re.search(r"\bJobState=(PENDING|RUNNING)\b", details)
     finally:
